@@ -1,0 +1,59 @@
+"""Validation, `seq` stamping and retry de-duplication shared by every `EventLog` implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from msgspec.structs import replace
+
+from domain.events import Event, decode, encode
+
+
+class Stamper:
+    """Hands out gapless `seq` numbers and remembers recent `event_id`s (bounded window).
+
+    `prepare` validates the whole batch before any state changes, so a bad event writes nothing.
+    """
+
+    def __init__(self, next_seq: int = 1, window: int = 200_000) -> None:
+        self.next_seq = next_seq
+        self._recent: dict[str, int] = {}
+        self._window = window
+
+    def prepare(self, events: Sequence[Event]) -> tuple[list[Event], list[bytes]]:
+        """Returns (events as they stand in the log, WAL lines for the new ones)."""
+        out: list[Event] = []
+        lines: list[bytes] = []
+        batch_ids: dict[str, int] = {}
+        seq = self.next_seq
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append takes events, got {type(event).__name__}")
+            known = self._recent.get(event.event_id, batch_ids.get(event.event_id))
+            if known is not None:
+                out.append(replace(event, seq=known))
+                continue
+            stamped = replace(event, seq=seq)
+            line = encode(stamped)
+            decode(line)  # validates constraints; raises msgspec.ValidationError naming the path
+            batch_ids[event.event_id] = seq
+            out.append(stamped)
+            lines.append(line + b"\n")
+            seq += 1
+        # nothing above changed state: a bad event anywhere in the batch writes nothing
+        self.next_seq = seq
+        self._remember(batch_ids)
+        return out, lines
+
+    def _remember(self, ids: dict[str, int]) -> None:
+        self._recent.update(ids)
+        overflow = len(self._recent) - self._window
+        if overflow > 0:
+            for key in list(self._recent)[:overflow]:
+                del self._recent[key]
+
+    def forget_from(self, seq: int) -> None:
+        """Roll back stamping after a failed write so `seq` stays gapless."""
+        self.next_seq = min(self.next_seq, seq)
+        for key in [k for k, v in self._recent.items() if v >= seq]:
+            del self._recent[key]
