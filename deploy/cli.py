@@ -60,12 +60,25 @@ def cmd_log_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deploy.serve import main as serve_main
+
+    return serve_main(args.host, args.port, args.fake, args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aibroker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data-dir", default=str(default_data_dir()),
                       help="event log directory (env AIBROKER_DATA_DIR)")
+
+    serve = sub.add_parser("serve", help="run the broker (OpenAI API on TCP)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--fake", action="store_true", help="route to the built-in fake upstream (no keys needed)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
 
     sql = sub.add_parser("sql", parents=[data], help="run one read-only SELECT over the event log")
     sql.add_argument("query")

@@ -12,11 +12,14 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
-NonNegative = Annotated[int, Meta(ge=0)]
-Micros = Annotated[int, Meta(ge=0)]  # integer micro-USD
+INT64_MAX = 2**63 - 1  # the log stores integers as int64 (Parquet, DuckDB)
+NonNegative = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+Micros = Annotated[int, Meta(ge=0, le=INT64_MAX)]  # integer micro-USD
 # Prices are micro-USD per 1M tokens (== USD per 1M tokens × 1e6), so they stay integers.
-MicrosPerMTok = Annotated[int, Meta(ge=0)]
-ContextName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+MicrosPerMTok = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+# Event time in µs since the Unix epoch, up to the end of year 9999 (dates must stay dates).
+TimestampUs = Annotated[int, Meta(ge=0, le=253_402_300_799_999_999)]
+ContextName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{0,64}\Z")]
 UsageSource = Literal["provider", "estimated", "missing"]
 
 
@@ -24,7 +27,7 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=F
     """The envelope. `event_id` is a UUIDv7 made once and reused on retry; `seq` is the log position."""
 
     event_id: str
-    ts_us: NonNegative
+    ts_us: TimestampUs
     seq: NonNegative = 0
     source: str = ""
     request_id: str = ""

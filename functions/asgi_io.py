@@ -1,0 +1,81 @@
+"""Raw ASGI helpers for the proxy endpoints: bounded body reads, JSON and SSE answers.
+
+The proxy path skips framework request/response objects (they cost more than the rest of the
+broker's work per call) and owns the stream's life: a client that goes away is noticed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from typing import Any
+
+from litestar.types import Receive, Scope, Send
+
+from functions.errors import BrokerError, error_body
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BrokerError("body_too_large", f"the request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client went away while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BrokerError("body_too_large", f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_bytes(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
+    raw = _raw_headers(headers)
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, error: BrokerError, headers: dict[str, str]) -> None:
+    out = {**headers, **error.headers, "content-type": "application/json"}
+    await send_bytes(send, error.status, out, error_body(error.code, error.message, error.param))
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def send_stream(send: Send, receive: Receive, headers: dict[str, str], body: AsyncIterable[bytes]) -> bool:
+    """Stream `body` as SSE; returns False if the client went away first (the pump is cancelled)."""
+
+    async def pump() -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers)})
+        async for chunk in body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            task.cancel()
+        results: list[Any] = await asyncio.gather(pumping, watching, return_exceptions=True)
+    return pumping.done() and not isinstance(results[0], BaseException)

@@ -1,0 +1,294 @@
+"""One proxied call, start to end: parse, route, admit, append, call (with fallback), settle, answer.
+
+Events per request: `request.received`, `route.decided`, `request.admitted` (durable before any
+upstream call), one `upstream.attempted` per try and `upstream.failed` per failed try, and exactly
+one `usage.recorded` on every path — success, upstream error, stream cut, client gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.catalog import Offer
+from domain.cost import cost_micros
+from domain.events import (
+    Candidate, Event, RequestAdmitted, RequestReceived, RequestRejected, RouteDecided,
+    UpstreamAttempted, UpstreamFailed, UsageRecorded,
+)
+from domain.routing import NoRoute, RouteDecision
+from eventlog.ids import now_us, uuid7
+from functions.errors import BrokerError, sse_error
+from functions.providers import Provider
+from functions.request_body import ParsedRequest, upstream_body
+from functions.state import BrokerState
+from functions.upstream import UpstreamConnectError, UpstreamResponse, UpstreamTimeout
+from functions.usage_capture import SseScanner, Usage, estimate_completion_tokens, text_chars, usage_of_body
+
+RETRYABLE = frozenset({401, 403, 408, 409, 429})  # plus every 5xx
+
+
+@dataclass
+class Caller:
+    ip: str
+    context: str
+    user: str | None
+    request_id: str
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: Relay | None = None
+
+
+@dataclass
+class Call:
+    """Everything one request accumulates on its way through."""
+
+    state: BrokerState
+    caller: Caller
+    endpoint: str
+    path: str
+    parsed: ParsedRequest
+    body_bytes: int = 0
+    t0: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def event(self, cls: type[Event], **fields: Any) -> Any:
+        c = self.caller
+        return cls(event_id=uuid7(), ts_us=now_us(), source=self.state.config.source, request_id=c.request_id,
+                   ip=c.ip, context=c.context, user=c.user, **fields)
+
+    def event_rejected(self, error: BrokerError) -> RequestRejected:
+        """A refusal before parsing succeeded: only what the envelope knows."""
+        return self.event(RequestRejected, code=error.code, status=error.status, message=error.message[:500])
+
+    def elapsed_us(self) -> int:
+        return int((time.monotonic() - self.t0) * 1e6)
+
+
+def received(call: Call) -> RequestReceived:
+    p = call.parsed
+    return call.event(RequestReceived, endpoint=call.endpoint, model_requested=p.route.model or "auto",
+                      stream=p.stream, body_bytes=call.body_bytes, messages=p.messages,
+                      prompt_tokens_est=p.route.prompt_tokens_est, max_tokens=p.route.max_tokens)
+
+
+def _candidates(considered: tuple[Any, ...]) -> list[Candidate]:
+    return [Candidate(provider=c.offer.provider, model=c.offer.model, est_cost_micros=c.est_cost_micros,
+                      eligible=c.eligible, reason=c.reason) for c in considered]
+
+
+def decided(call: Call, decision: RouteDecision | NoRoute, strategy: str, price_version: str) -> RouteDecided:
+    if isinstance(decision, NoRoute):
+        return call.event(RouteDecided, strategy=strategy, reason=decision.message, price_version=price_version,
+                          candidates=_candidates(decision.candidates))
+    return call.event(RouteDecided, strategy=decision.strategy, provider=decision.chosen.provider,
+                      model=decision.chosen.model, reason=decision.reason, price_version=price_version,
+                      candidates=_candidates(decision.candidates),
+                      fallbacks=[o.key for o in decision.ordered[1:]])
+
+
+async def reject(call: Call, error: BrokerError, first: list[Event]) -> None:
+    """Log a refusal (with whatever was learned first), then let the error answer the client."""
+    await call.state.log.append([*first, call.event_rejected(error)])
+    raise error
+
+
+def usage_event(call: Call, offer: Offer | None, usage: Usage | None, chars: int, outcome: str,
+                status: int, ttft_us: int | None, price_version: str) -> UsageRecorded:
+    """The settlement. Without provider usage the tokens are estimated (prompt estimate, text/4)."""
+    if usage is not None:
+        source, prompt, completion = "provider", usage.prompt_tokens or 0, usage.completion_tokens or 0
+        cached, reasoning = usage.cached, usage.reasoning
+    elif offer is not None and (chars or outcome in ("ok", "upstream_cut", "client_disconnect")):
+        source, prompt, completion = "estimated", call.parsed.route.prompt_tokens_est, estimate_completion_tokens(chars)
+        cached = reasoning = 0
+    else:
+        source, prompt, completion, cached, reasoning = "missing", 0, 0, 0, 0
+    prices = offer.prices if offer is not None else None
+    cost = 0 if source == "missing" else (cost_micros(prompt, completion, cached, prices) if prices else None)
+    return call.event(
+        UsageRecorded, provider=offer.provider if offer else "", model=offer.model if offer else "",
+        prompt_tokens=prompt, completion_tokens=completion, cached_tokens=min(cached, prompt),
+        reasoning_tokens=reasoning, usage_source=source,
+        input_micros_per_mtok=prices.input if prices else None,
+        output_micros_per_mtok=prices.output if prices else None,
+        cached_micros_per_mtok=prices.cached if prices else None,
+        price_version=price_version, cost_micros=cost, latency_us=call.elapsed_us(), ttft_us=ttft_us,
+        outcome=outcome, status=status, attempts=call.attempts, endpoint=call.endpoint,
+    )
+
+
+def _retry_after_s(resp: UpstreamResponse) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
+                      settle: Callable[[UsageRecorded], None]) -> Answer:
+    """Try offers in fallback order until one answers; failures before any byte fall through."""
+    state = call.state
+    for offer in decision.ordered[: state.config.max_attempts]:
+        provider = state.providers.get(offer.provider)
+        now_s = time.monotonic()
+        picked = provider.keys.acquire(now_s) if provider is not None and provider.usable(now_s) else None
+        if provider is None or picked is None:
+            call.failures.append(f"{offer.key}: no usable key")
+            continue
+        call.attempts += 1
+        index, key = picked
+        key_id = provider.keys.key_id(index)
+        state.submit([call.event(UpstreamAttempted, attempt=call.attempts, provider=offer.provider,
+                                 model=offer.model, key_id=key_id)])
+        answer = await _try(call, provider, offer, index, key, key_id, price_version, settle)
+        if answer is not None:
+            return answer
+    code = "upstream_timeout" if call.failures and call.failures[-1].endswith("timeout") else "upstream_error"
+    status = 504 if code == "upstream_timeout" else 502
+    settle(usage_event(call, None, None, 0, "upstream_error", status, None, price_version))
+    tried = "; ".join(call.failures) or "no offer could be tried"
+    raise BrokerError(code, f"every upstream attempt failed ({tried})")
+
+
+async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: str, key_id: str,
+               price_version: str, settle: Callable[[UsageRecorded], None]) -> Answer | None:
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = upstream_body(call.parsed, offer.model)
+
+    def failed(status: int | None, error: str, retry_after: float | None = None) -> None:
+        now_s = time.monotonic()
+        provider.keys.report(index, status, now_s, retry_after)
+        if status is None or status >= 500:
+            call.state.backoff.failed(offer.key, now_s)
+        provider.keys.release(index)
+        call.failures.append(f"{offer.key}: {error}")
+        call.state.submit([call.event(
+            UpstreamFailed, attempt=call.attempts, provider=offer.provider, model=offer.model, key_id=key_id,
+            status=status, latency_us=int((time.monotonic() - started) * 1e6),
+            error_class=error.split(" ")[0], message=error[:300])])
+
+    try:
+        resp = await provider.client.post(provider.url(call.path), body, headers)
+    except UpstreamTimeout:
+        failed(None, "timeout")
+        return None
+    except UpstreamConnectError as exc:
+        failed(None, f"connect_error {exc}")
+        return None
+    if resp.status >= 500 or resp.status in RETRYABLE:
+        resp.close()
+        failed(resp.status, f"http_{resp.status}", _retry_after_s(resp))
+        return None
+    out_headers = {"content-type": resp.headers.get("content-type", "application/json"),
+                   "x-aibroker-provider": offer.provider, "x-aibroker-model": offer.model}
+    if call.parsed.stream and resp.status == 200:
+        return await _start_stream(call, provider, offer, index, resp, out_headers, price_version, settle, failed)
+    try:
+        data = await resp.read()
+    except (UpstreamTimeout, UpstreamConnectError) as exc:
+        failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
+        return None
+    provider.keys.release(index)
+    call.state.backoff.succeeded(offer.key)
+    ok = resp.status < 400
+    usage = usage_of_body(data) if ok else None
+    chars = text_chars(data) if ok and usage is None else 0
+    settle(usage_event(call, offer, usage, chars, "ok" if ok else "error", resp.status,
+                       call.elapsed_us(), price_version))
+    return Answer(resp.status, out_headers, data)
+
+
+async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int, resp: UpstreamResponse,
+                        headers: dict[str, str], price_version: str, settle: Callable[[UsageRecorded], None],
+                        failed: Callable[..., None]) -> Answer | None:
+    """Wait for the first upstream chunk before answering, so a dead stream can still fall back."""
+    chunks = resp.chunks().__aiter__()
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except (UpstreamTimeout, UpstreamConnectError) as exc:
+        resp.close()
+        failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
+        return None
+    call.state.backoff.succeeded(offer.key)
+    headers["cache-control"] = "no-cache"
+    relay = Relay(call, provider, offer, index, resp, first, chunks, call.elapsed_us(), price_version, settle)
+    return Answer(200, headers, stream=relay)
+
+
+class Relay:
+    """Forwards an upstream SSE stream; `close()` settles usage exactly once, however it ends."""
+
+    def __init__(self, call: Call, provider: Provider, offer: Offer, index: int, resp: UpstreamResponse,
+                 first: bytes, chunks: AsyncIterator[bytes], ttft_us: int, price_version: str,
+                 settle: Callable[[UsageRecorded], None]) -> None:
+        self.call, self.provider, self.offer, self.index = call, provider, offer, index
+        self.resp, self.first, self.chunks = resp, first, chunks
+        self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
+        self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage)
+        self.outcome = "client_disconnect"
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        scanner = self.scanner
+        try:
+            out = scanner.feed(self.first)
+            if out:
+                yield out
+            async for chunk in self.chunks:
+                out = scanner.feed(chunk)
+                if out:
+                    yield out
+            rest = scanner.finish()
+            if rest:
+                yield rest
+            self.outcome = "ok" if scanner.done else "upstream_cut"
+        except (UpstreamTimeout, UpstreamConnectError):
+            self.outcome = "upstream_cut"
+        if self.outcome == "upstream_cut":
+            yield sse_error("upstream_error", "the upstream stream broke off before it finished")
+
+    def close(self) -> None:
+        """Release the upstream and settle usage (what was streamed so far). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.resp.close()
+        self.provider.keys.release(self.index)
+        self.settle(usage_event(self.call, self.offer, self.scanner.usage, self.scanner.chars, self.outcome,
+                                200, self.ttft_us, self.price_version))
+
+
+async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
+    """Route, log the decision and reservation durably, then call upstream."""
+    state = call.state
+    catalog = state.catalog.catalog
+    decision, strategy = state.route(call.parsed.route, call.caller.context)
+    first: list[Event] = [received(call), decided(call, decision, strategy, catalog.price_version)]
+    if isinstance(decision, NoRoute):
+        code = "model_not_found" if decision.cause == "unknown_model" else "no_route"
+        await reject(call, BrokerError(code, decision.message, param="model"), first)
+    assert isinstance(decision, RouteDecision)
+    route = call.parsed.route
+    reserved_tokens = route.prompt_tokens_est + (route.max_tokens or state.config.expected_output_tokens)
+    worst = cost_micros(route.prompt_tokens_est, route.max_tokens or state.config.expected_output_tokens, 0,
+                        decision.chosen.prices)
+    admitted = call.event(RequestAdmitted, provider=decision.chosen.provider, model=decision.chosen.model,
+                          reserved_tokens=reserved_tokens, reserved_micros=worst or 0)
+    await state.log.append([*first, admitted])
+    return await attempt_all(call, decision, catalog.price_version, settle)
+
+

@@ -1,0 +1,77 @@
+"""The broker's per-process state, built in the app's lifespan (never at import time).
+
+Handlers stay stateless: everything they share — the event log, the catalog, providers and their
+clients, background appends — hangs off one `BrokerState` on the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from domain.events import Event
+from domain.identity import Network, parse_networks
+from domain.routing import NoRoute, Policy, RouteDecision, RouteRequest, route
+from eventlog.base import EventLog
+from functions.catalog_service import CatalogService
+from functions.config import BrokerConfig
+from functions.keypool import Backoff
+from functions.providers import Provider, unhealthy
+from functions.upstream import Timeouts, UpstreamClient, make_client
+
+log = logging.getLogger("aibroker")
+
+
+class BrokerState:
+    def __init__(self, config: BrokerConfig, event_log: EventLog,
+                 clients: dict[str, UpstreamClient] | None = None) -> None:
+        self.config = config
+        self.log = event_log
+        timeouts = Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s)
+        self.clients = clients or {p.name: make_client(config.upstream_client, timeouts) for p in config.providers}
+        self.providers = {p.name: Provider.of(p, self.clients[p.name], config.key_cooldown_s) for p in config.providers}
+        self.catalog = CatalogService(self.providers, config.model_overrides, config.static_models, config.source)
+        self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.policies: dict[str, Policy] = {}
+        self.accepting = True
+        self.backoff = Backoff()
+
+    def route(self, request: RouteRequest, context: str) -> tuple[RouteDecision | NoRoute, str]:
+        policy = self.policies.get(context) or Policy()
+        strategy = policy.strategy or self.config.routing_strategy
+        now_s = time.monotonic()
+        down = unhealthy(self.providers, now_s) | self.backoff.resting(now_s)
+        decision = route(self.catalog.catalog, request, unhealthy=down, policy=policy, strategy=strategy,
+                         expected_output_tokens=self.config.expected_output_tokens)
+        return decision, strategy
+
+    def submit(self, events: Sequence[Event]) -> None:
+        """Queue events that ride along a request; durability is awaited by `settle`'s append."""
+        _, fut = self.log.submit(events)
+        fut.add_done_callback(_log_failure)
+
+    def spawn_append(self, events: Sequence[Event]) -> None:
+        """Append in the background (usage after a stream); shutdown waits for these."""
+        task = asyncio.get_running_loop().create_task(self.log.append(events))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background append failed: %s", task.exception())
+
+    async def aclose(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        for client in self.clients.values():
+            await client.aclose()
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("an event append failed: %s", fut.exception())

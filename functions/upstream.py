@@ -1,0 +1,184 @@
+"""The one seam to upstream providers: POST bytes, get a status, headers and a body stream.
+
+Two clients stand behind it. aiohttp is the proxy hot path: measured on this machine it costs
+~0.3 ms CPU per forwarded call against ~2 ms for httpx's default transport (see README). httpx stays
+for `httpx.MockTransport` in unit tests and for the catalog's occasional GETs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import aiohttp
+import httpx
+
+
+class UpstreamConnectError(Exception):
+    """No connection (refused, DNS, reset before the status line)."""
+
+
+class UpstreamTimeout(Exception):
+    """No first byte, or the stream went idle, within the configured time."""
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class UpstreamClient(Protocol):
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse: ...
+    async def get(self, url: str, headers: Mapping[str, str]) -> tuple[int, bytes]: ...
+    async def aclose(self) -> None: ...
+
+
+class Timeouts:
+    def __init__(self, connect_s: float = 5.0, first_byte_s: float = 60.0, idle_s: float = 60.0) -> None:
+        self.connect_s, self.first_byte_s, self.idle_s = connect_s, first_byte_s, idle_s
+
+
+# ---- aiohttp ----------------------------------------------------------------------------------
+
+
+class _AiohttpResponse:
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout("upstream body timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"upstream body failed: {exc.__class__.__name__}") from exc
+        finally:
+            self._resp.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout("upstream stream went idle") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
+
+    def close(self) -> None:
+        """Abort if unfinished (a client went away); release the connection if done."""
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+class AiohttpUpstream:
+    def __init__(self, timeouts: Timeouts, max_connections: int = 512) -> None:
+        self._timeouts = timeouts
+        connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(self._timeouts.first_byte_s):
+                resp = await self._session.post(url, data=body, headers=headers)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no response within {self._timeouts.first_byte_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"{exc.__class__.__name__}") from exc
+        return _AiohttpResponse(resp)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(self._timeouts.first_byte_s):
+                async with self._session.get(url, headers=headers) as resp:
+                    return resp.status, await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no response within {self._timeouts.first_byte_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"{exc.__class__.__name__}") from exc
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+# ---- httpx ------------------------------------------------------------------------------------
+
+
+class _HttpxResponse:
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("upstream body timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(f"upstream body failed: {exc.__class__.__name__}") from exc
+        finally:
+            await self._resp.aclose()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("upstream stream went idle") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
+
+    def close(self) -> None:
+        asyncio.get_running_loop().create_task(self._resp.aclose())
+
+
+class HttpxUpstream:
+    def __init__(self, timeouts: Timeouts, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.idle_s, write=timeouts.idle_s, pool=timeouts.connect_s),
+        )
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        request = self._client.build_request("POST", url, content=body, headers=headers)
+        try:
+            resp = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("no response in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(f"{exc.__class__.__name__}") from exc
+        return _HttpxResponse(resp)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        try:
+            resp = await self._client.get(url, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("no response in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(f"{exc.__class__.__name__}") from exc
+        return resp.status_code, resp.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_client(kind: str, timeouts: Timeouts) -> UpstreamClient:
+    if kind == "aiohttp":
+        return AiohttpUpstream(timeouts)
+    if kind == "httpx":
+        return HttpxUpstream(timeouts)
+    raise ValueError(f"UPSTREAM_CLIENT must be aiohttp or httpx, got {kind!r}")
