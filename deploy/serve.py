@@ -37,9 +37,12 @@ def _server(app: object, log_level: str) -> uvicorn.Server:
     return uvicorn.Server(cfg)
 
 
-async def run(config: BrokerConfig, host: str, port: int, fake: bool, log_level: str) -> None:
+async def run(config: BrokerConfig, host: str, port: int, fake: bool, log_level: str,
+              fake_url: str | None = None) -> None:
     servers = []
-    if fake:
+    if fake_url:
+        config = with_fake_providers(config, fake_url.rstrip("/"))
+    elif fake:
         from functions.fake_upstream import create_app as fake_app, quiet_deliberate_cuts
 
         quiet_deliberate_cuts()
@@ -60,20 +63,21 @@ async def run(config: BrokerConfig, host: str, port: int, fake: bool, log_level:
         await asyncio.gather(*servers, return_exceptions=True)
 
 
-def main(host: str, port: int, fake: bool, log_level: str = "warning") -> int:
+def main(host: str, port: int, fake: bool, log_level: str = "warning", fake_url: str | None = None) -> int:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = load_config()
     except SettingsError as exc:
         print(f"aibroker: bad setting: {exc}", file=sys.stderr)
         return 2
+    fake = fake or bool(fake_url)
     if not config.providers and not fake:
         print(NO_KEYS, file=sys.stderr)
         return 2
     try:
         import uvloop
 
-        uvloop.run(run(config, host, port, fake, log_level))
+        uvloop.run(run(config, host, port, fake, log_level, fake_url))
     except ImportError:
-        asyncio.run(run(config, host, port, fake, log_level))
+        asyncio.run(run(config, host, port, fake, log_level, fake_url))
     return 0
