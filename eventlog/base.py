@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -33,6 +34,10 @@ class EventLog(Protocol):
         All-or-nothing per call: a validation error writes nothing. An event whose `event_id` was
         appended recently is not written twice (it comes back with its first `seq`).
         """
+        ...
+
+    def submit(self, events: Sequence[Event]) -> tuple[list[Event], asyncio.Future[None]]:
+        """Like `append`, but returns at once; the future resolves when the events are durable."""
         ...
 
     def replay(

@@ -79,13 +79,22 @@ class FileEventLog:
             self._space.clear()
             await self._space.wait()
             self._check_open()
+        out, fut = self.submit(events)
+        await fut  # a cancelled caller's events are still written
+        return out
+
+    def submit(self, events: Sequence[Event]) -> tuple[list[Event], asyncio.Future[None]]:
+        """Stamp and queue now (order is fixed at this call); the future resolves once durable.
+
+        No back-pressure wait: for events that ride along a request already admitted.
+        """
+        self._check_open()
         out, lines = self._stamper.prepare(events)  # validates first: a bad event writes nothing
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((b"".join(lines), len(lines), fut))
         self._pending_events += len(lines)
         self._wake.set()
-        await fut  # a cancelled caller's events are still written
-        return out
+        return out, fut
 
     def _check_open(self) -> None:
         if self._failure is not None:

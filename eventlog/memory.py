@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 
 from domain.events import Event, kind_of
@@ -16,6 +17,11 @@ class MemoryEventLog:
         self._closed = False
 
     async def append(self, events: Sequence[Event]) -> list[Event]:
+        out, fut = self.submit(events)
+        await fut
+        return out
+
+    def submit(self, events: Sequence[Event]) -> tuple[list[Event], asyncio.Future[None]]:
         if self._closed:
             raise EventLogClosed("the event log is closed")
         first_new = self._stamper.next_seq
@@ -23,7 +29,9 @@ class MemoryEventLog:
         for event in out:
             if event.seq >= first_new and event.seq > self.last_seq:
                 self._events.append(event)
-        return out
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return out, fut
 
     def replay(
         self,
