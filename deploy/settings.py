@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from domain.limits import settings_from_config
 from domain.routing import STRATEGIES
 from functions.config import PRESET_BASE_URLS, BrokerConfig, ProviderConfig
 
@@ -124,6 +125,11 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
     client = env.get("UPSTREAM_CLIENT", "aiohttp")
     if client not in ("aiohttp", "httpx"):
         raise SettingsError(f"UPSTREAM_CLIENT={client!r} must be aiohttp or httpx")
+    limits = doc.get("limits") or {}
+    try:
+        settings_from_config(limits)
+    except ValueError as exc:
+        raise SettingsError(f"MODELS_CONFIG_PATH: {exc}") from None
     contexts = env.get("ALLOWED_CONTEXTS")
     proxies = env.get("TRUSTED_PROXIES")
     return BrokerConfig(
@@ -144,7 +150,7 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
         model_overrides=_overrides(doc.get("models") or {}),
         upstream_client=client,
         source=env.get("AIBROKER_SOURCE", "aibroker"),
-        limits=doc.get("limits") or {},
+        limits=limits,
     )
 
 

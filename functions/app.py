@@ -16,7 +16,12 @@ from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from pathlib import Path
+
+from domain.limits import settings_from_config
 from eventlog.base import EventLog
+from eventlog.ids import now_us
+from eventlog.projections import rebuild_policy, rebuild_usage
 from eventlog.filelog import FileEventLog
 from functions.config import BrokerConfig
 from functions.errors import BrokerError, error_body
@@ -53,6 +58,16 @@ def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({"ready": ok}, status_code=200 if ok else 503)
 
 
+def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) -> None:
+    """Limits policy (config, then `limits.changed` events) and usage projections, from the log."""
+    book = state.admission.book
+    for scope, settings in settings_from_config(config.limits):
+        book.set(scope, settings)
+    if data_dir is not None:
+        rebuild_policy(data_dir, book)
+        rebuild_usage(data_dir, now_us(), state.admission.usage)
+
+
 def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,
                state_hook: Any = None) -> Litestar:
     """The OpenAI surface. `event_log` lets tests pass an in-memory log; else the data dir's."""
@@ -63,6 +78,7 @@ def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,
         the_log = event_log or await FileEventLog.open(config.data_dir)
         state = BrokerState(config, the_log)
         app.state.broker = state
+        await asyncio.to_thread(_restore, state, config, None if event_log is not None else config.data_dir)
         refresher = None
         try:
             await state.catalog.refresh(the_log)

@@ -16,7 +16,7 @@ from litestar.types import Receive, Scope, Send
 from domain.events import UsageRecorded
 from domain.identity import IdentityError, client_ip, context_of, user_of
 from eventlog.base import EventLogError
-from eventlog.ids import uuid7
+from eventlog.ids import now_us, uuid7
 from functions.asgi_io import header, read_body, send_bytes, send_error, send_stream
 from functions.errors import BrokerError
 from functions.pipeline import Call, Caller, serve
@@ -62,8 +62,13 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
         except BrokerError as exc:
             await state.log.append([call.event_rejected(exc)])
             raise
-        answer = await serve(call, settled.append)
+        def settle(usage: UsageRecorded) -> None:
+            state.admission.settle(usage)  # release the reservation now; durable at the flush below
+            settled.append(usage)
+
+        answer = await serve(call, settle)
         headers.update(answer.headers)
+        headers.update(state.admission.headers((caller.ip, caller.context), now_us()))
         if answer.stream is None:
             await state.log.append(settled)
             settled.clear()

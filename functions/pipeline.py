@@ -276,7 +276,8 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
     """Route, log the decision and reservation durably, then call upstream."""
     state = call.state
     catalog = state.catalog.catalog
-    decision, strategy = state.route(call.parsed.route, call.caller.context)
+    key = (call.caller.ip, call.caller.context)
+    decision, strategy = state.route(call.parsed.route, key)
     first: list[Event] = [received(call), decided(call, decision, strategy, catalog.price_version)]
     if isinstance(decision, NoRoute):
         code = "model_not_found" if decision.cause == "unknown_model" else "no_route"
@@ -288,6 +289,13 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
                         decision.chosen.prices)
     admitted = call.event(RequestAdmitted, provider=decision.chosen.provider, model=decision.chosen.model,
                           reserved_tokens=reserved_tokens, reserved_micros=worst or 0)
+    refusal = state.admission.admit(admitted)  # check + reserve, synchronously
+    if refusal is not None:
+        headers = {"retry-after": str(refusal.retry_after_s), **state.admission.headers(key, admitted.ts_us)}
+        rejected = call.event(RequestRejected, code=refusal.code, status=429, message=refusal.message,
+                              limit=refusal.limit, observed=refusal.observed, retry_after_s=refusal.retry_after_s)
+        await state.log.append([*first, rejected])
+        raise BrokerError(refusal.code, refusal.message, headers=headers)
     await state.log.append([*first, admitted])
     return await attempt_all(call, decision, catalog.price_version, settle)
 

@@ -14,7 +14,10 @@ from typing import Any
 
 from domain.events import Event
 from domain.identity import Network, parse_networks
-from domain.routing import NoRoute, Policy, RouteDecision, RouteRequest, route
+from domain.limits import PolicyBook
+from domain.routing import NoRoute, RouteDecision, RouteRequest, route
+from domain.usage_projection import UsageProjection
+from functions.admission import Admission
 from eventlog.base import EventLog
 from functions.catalog_service import CatalogService
 from functions.config import BrokerConfig
@@ -36,12 +39,12 @@ class BrokerState:
         self.catalog = CatalogService(self.providers, config.model_overrides, config.static_models, config.source)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.policies: dict[str, Policy] = {}
+        self.admission = Admission(PolicyBook(), UsageProjection())
         self.accepting = True
         self.backoff = Backoff()
 
-    def route(self, request: RouteRequest, context: str) -> tuple[RouteDecision | NoRoute, str]:
-        policy = self.policies.get(context) or Policy()
+    def route(self, request: RouteRequest, key: tuple[str, str]) -> tuple[RouteDecision | NoRoute, str]:
+        policy = self.admission.policy(key)
         strategy = policy.strategy or self.config.routing_strategy
         now_s = time.monotonic()
         down = unhealthy(self.providers, now_s) | self.backoff.resting(now_s)

@@ -1,0 +1,246 @@
+"""Per-(ip, context) usage as a projection of the log: rate windows, in-flight, reservations, spend.
+
+`apply(event)` folds one event; `check` decides an admission without changing anything; the shell
+calls `check`, then folds the `request.admitted` event it appends — in one synchronous step, so
+concurrent requests can never both take the last unit of a limit. Time comes only from events
+(`ts_us`) and the caller's `now_us`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from domain.events import Event, RequestAdmitted, UsageRecorded
+from domain.limits import Limits
+
+WINDOW_US = 60_000_000
+DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+BucketKey = tuple[str, str]  # (ip, context)
+
+
+def day_of(ts_us: int) -> int:
+    return ts_us // DAY_US
+
+
+def month_of(ts_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m")
+
+
+def month_start_us(ts_us: int) -> int:
+    d = _EPOCH + timedelta(microseconds=ts_us)
+    return (datetime(d.year, d.month, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
+
+
+def next_month_us(ts_us: int) -> int:
+    d = _EPOCH + timedelta(microseconds=ts_us)
+    first = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return (first - _EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass
+class Held:
+    """An admitted request's reservation, until its usage settles it."""
+
+    tokens: int
+    micros: int
+    entry: list[int]  # its rate-window entry [ts_us, tokens, in_window]
+
+
+@dataclass
+class Bucket:
+    window: deque[list[int]] = field(default_factory=deque)  # [ts_us, tokens, in_window], oldest first
+    window_tokens: int = 0
+    in_flight: dict[str, Held] = field(default_factory=dict)
+    reserved_micros: int = 0
+    spend_day: dict[int, int] = field(default_factory=dict)
+    spend_month: dict[str, int] = field(default_factory=dict)
+
+    def evict(self, now_us: int) -> None:
+        horizon = now_us - WINDOW_US
+        window = self.window
+        while window and window[0][0] <= horizon:
+            entry = window.popleft()
+            entry[2] = 0  # out of the window: a later settlement no longer moves window_tokens
+            self.window_tokens -= entry[1]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request may not go ahead now: the limit's code, its value, what was observed."""
+
+    code: str
+    limit: int
+    observed: int
+    retry_after_s: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What the rate-limit response headers report after a decision."""
+
+    limit_requests: int | None
+    remaining_requests: int | None
+    reset_requests_us: int
+    limit_tokens: int | None
+    remaining_tokens: int | None
+    reset_tokens_us: int
+
+
+class UsageProjection:
+    """All buckets. Duplicate events (same `event_id`) are ignored within a large recent window."""
+
+    def __init__(self, dedup_window: int = 1_000_000) -> None:
+        self.buckets: dict[BucketKey, Bucket] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dedup_window = dedup_window
+        self.last_seq = 0
+
+    def bucket(self, key: BucketKey) -> Bucket:
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = Bucket()
+        return b
+
+    def apply(self, event: Event) -> UsageProjection:
+        if isinstance(event, (RequestAdmitted, UsageRecorded)):
+            if event.event_id in self._seen:
+                return self
+            self._remember(event.event_id)
+            if isinstance(event, RequestAdmitted):
+                self._admitted(event)
+            else:
+                self._settled(event)
+        self.last_seq = max(self.last_seq, event.seq)
+        return self
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        if len(self._seen) > self._dedup_window:
+            self._seen.popitem(last=False)
+
+    def _admitted(self, e: RequestAdmitted) -> None:
+        b = self.bucket((e.ip, e.context))
+        entry = [e.ts_us, e.reserved_tokens, 1]
+        b.window.append(entry)
+        b.window_tokens += e.reserved_tokens
+        if e.request_id in b.in_flight:  # a second admission of one request: replace the hold
+            self._release(b, e.request_id)
+        b.in_flight[e.request_id] = Held(e.reserved_tokens, e.reserved_micros, entry)
+        b.reserved_micros += e.reserved_micros
+
+    def _release(self, b: Bucket, request_id: str) -> Held | None:
+        held = b.in_flight.pop(request_id, None)
+        if held is not None:
+            b.reserved_micros -= held.micros
+        return held
+
+    def _settled(self, e: UsageRecorded) -> None:
+        b = self.bucket((e.ip, e.context))
+        held = self._release(b, e.request_id)
+        actual = e.prompt_tokens + e.completion_tokens
+        if held is not None and held.entry[2]:
+            b.window_tokens += actual - held.entry[1]
+            held.entry[1] = actual
+        cost = e.cost_micros or 0
+        if cost:
+            day, month = day_of(e.ts_us), month_of(e.ts_us)
+            b.spend_day[day] = b.spend_day.get(day, 0) + cost
+            b.spend_month[month] = b.spend_month.get(month, 0) + cost
+
+    def release_all_in_flight(self) -> None:
+        """After a restart: requests of the previous run are gone, so are their reservations."""
+        for b in self.buckets.values():
+            b.in_flight.clear()
+            b.reserved_micros = 0
+
+    # ---- decisions --------------------------------------------------------------------------
+
+    def check(self, key: BucketKey, limits: Limits, now_us: int, tokens: int, micros: int) -> Refusal | None:
+        """May a request reserving `tokens` and `micros` (worst case) start now? Changes nothing
+        but evicting expired window entries."""
+        b = self.bucket(key)
+        b.evict(now_us)
+        if limits.concurrent is not None and len(b.in_flight) >= limits.concurrent:
+            return Refusal("concurrency_limit", limits.concurrent, len(b.in_flight), 1,
+                           f"{len(b.in_flight)} requests of this (ip, context) are in flight; the limit is {limits.concurrent}")
+        rpm = limits.requests_per_min
+        if rpm is not None and len(b.window) + 1 > rpm:
+            wait = (b.window[0][0] + WINDOW_US - now_us) if b.window else WINDOW_US
+            return Refusal("rate_limit_requests", rpm, len(b.window), _ceil_s(wait),
+                           f"rate limit of {rpm} requests per minute reached for this (ip, context)")
+        tpm = limits.tokens_per_min
+        if tpm is not None and b.window_tokens + tokens > tpm:
+            return Refusal("rate_limit_tokens", tpm, b.window_tokens + tokens, _ceil_s(_tokens_wait(b, tpm, tokens, now_us)),
+                           f"this request needs {tokens} tokens; {max(tpm - b.window_tokens, 0)} of {tpm} "
+                           "tokens per minute are left for this (ip, context)")
+        return self._check_budgets(b, limits, now_us, micros)
+
+    def _check_budgets(self, b: Bucket, limits: Limits, now_us: int, micros: int) -> Refusal | None:
+        day_limit, month_limit = limits.budget_daily_micros, limits.budget_monthly_micros
+        if day_limit is not None:
+            used = b.spend_day.get(day_of(now_us), 0) + b.reserved_micros
+            if used + micros > day_limit:
+                wait = (day_of(now_us) + 1) * DAY_US - now_us
+                return Refusal("budget_daily", day_limit, used + micros, _ceil_s(wait),
+                               f"daily budget of {day_limit} micro-USD reached for this (ip, context): "
+                               f"{used} spent or reserved, this request may cost up to {micros}")
+        if month_limit is not None:
+            used = b.spend_month.get(month_of(now_us), 0) + b.reserved_micros
+            if used + micros > month_limit:
+                wait = next_month_us(now_us) - now_us
+                return Refusal("budget_monthly", month_limit, used + micros, _ceil_s(wait),
+                               f"monthly budget of {month_limit} micro-USD reached for this (ip, context): "
+                               f"{used} spent or reserved, this request may cost up to {micros}")
+        return None
+
+    def headroom(self, key: BucketKey, limits: Limits, now_us: int) -> Headroom:
+        b = self.bucket(key)
+        b.evict(now_us)
+        reset = (b.window[0][0] + WINDOW_US - now_us) if b.window else 0
+        rpm, tpm = limits.requests_per_min, limits.tokens_per_min
+        return Headroom(rpm, None if rpm is None else max(rpm - len(b.window), 0), reset,
+                        tpm, None if tpm is None else max(tpm - b.window_tokens, 0), reset)
+
+    def budget_left(self, key: BucketKey, limits: Limits, now_us: int) -> int | None:
+        """Micro-USD this bucket may still spend now (None: no budget), reservations counted."""
+        b = self.bucket(key)
+        lefts = []
+        if limits.budget_daily_micros is not None:
+            lefts.append(limits.budget_daily_micros - b.spend_day.get(day_of(now_us), 0) - b.reserved_micros)
+        if limits.budget_monthly_micros is not None:
+            lefts.append(limits.budget_monthly_micros - b.spend_month.get(month_of(now_us), 0) - b.reserved_micros)
+        return min(lefts) if lefts else None
+
+
+def _tokens_wait(b: Bucket, tpm: int, tokens: int, now_us: int) -> int:
+    """Time until enough window entries expire for `tokens` to fit (a full window if never)."""
+    if tokens > tpm:
+        return WINDOW_US
+    excess = b.window_tokens + tokens - tpm
+    for ts, used, _ in b.window:
+        excess -= used
+        if excess <= 0:
+            return ts + WINDOW_US - now_us
+    return WINDOW_US
+
+
+def _ceil_s(us: int) -> int:
+    return max(1, -(-us // 1_000_000))
+
+
+def duration(us: int) -> str:
+    """OpenAI's reset format: `6m0s`, `1s`, `250ms`."""
+    if us <= 0:
+        return "0s"
+    if us < 1_000_000:
+        return f"{-(-us // 1000)}ms"
+    seconds = -(-us // 1_000_000)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
