@@ -1,4 +1,4 @@
-"""The model catalog: every offer (provider × model × prices × window × capabilities) we can route to.
+"""The model catalog: every offer (provider × model × prices × window × caps) we can route to.
 
 An offer exists only where a provider serves the model: its `GET /models` listed it, or the
 operator's override says `listed: true`. The facts about an offer are merged from three layers,
@@ -16,13 +16,7 @@ from typing import Literal, TypedDict, cast, get_args
 import msgspec
 from msgspec import Struct
 
-from domain.cost import Prices
-
-__all__ = [
-    "CAPABILITY_NAMES", "DEFAULT_CONTEXT_WINDOW", "KINDS", "LIVE_PRICED_PROVIDERS", "Capabilities",
-    "Catalog", "Kind", "ModelInfo", "Offer", "Prices", "Spec", "build_catalog", "check_spec",
-    "price_version_of", "unmatched_overrides",
-]
+from domain.cost import Prices as Prices  # re-exported: an offer's prices are catalog vocabulary
 
 Kind = Literal["chat", "completion", "embedding"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
@@ -88,10 +82,14 @@ class Spec(TypedDict, total=False):
 _PRICE_FIELDS = ("input", "output", "cached")
 _FLAG_FIELDS = ("tools", "vision", "json_mode", "streaming", "listed")
 SPEC_FIELDS = frozenset((*_PRICE_FIELDS, *_FLAG_FIELDS, "context_window", "kind"))
+_PRICE_RULE = "integer micro-USD per 1M tokens >= 0 or null ($0.15/1M -> 150000)"
 
 
 class Catalog:
-    """The offers in force plus indexes built once, so each request's lookups are O(1)."""
+    """The offers in force plus indexes built once, so each request's lookups are O(1).
+
+    Compared by value (price version and offers, in order); not hashable.
+    """
 
     __slots__ = ("price_version", "offers", "_by_key", "_by_model", "_by_kind")
 
@@ -123,9 +121,6 @@ class Catalog:
         if not isinstance(other, Catalog):
             return NotImplemented
         return (self.price_version, self.offers) == (other.price_version, other.offers)
-
-    def __hash__(self) -> int:
-        return hash((self.price_version, self.offers))
 
     def __repr__(self) -> str:
         return f"Catalog(price_version={self.price_version!r}, offers=<{len(self.offers)}>)"
@@ -166,12 +161,8 @@ def check_spec(where: str, raw: object) -> Spec:
 
 def _problem(field: object, value: object) -> str | None:
     if field in _PRICE_FIELDS:
-        if value is None or _is_count(value):
-            return None
-        return (
-            f"{field!r} must be integer micro-USD per 1M tokens >= 0 or null "
-            f"($0.15/1M -> 150000), got {value!r}"
-        )
+        ok = value is None or _is_count(value)
+        return None if ok else f"{field!r} must be {_PRICE_RULE}, got {value!r}"
     if field == "context_window":
         ok = _is_count(value) and cast(int, value) > 0
         return None if ok else f"'context_window' must be an integer > 0, got {value!r}"
@@ -179,7 +170,8 @@ def _problem(field: object, value: object) -> str | None:
         ok = value in KINDS
         return None if ok else f"'kind' must be one of {sorted(KINDS)}, got {value!r}"
     if field in _FLAG_FIELDS:
-        return None if isinstance(value, bool) else f"{field!r} must be true or false, got {value!r}"
+        ok = isinstance(value, bool)
+        return None if ok else f"{field!r} must be true or false, got {value!r}"
     return f"unknown field {field!r} (known: {', '.join(sorted(SPEC_FIELDS))})"
 
 
@@ -256,24 +248,17 @@ def _spec_of_info(info: ModelInfo | None) -> Spec:
     """A listing as a Spec layer; facts the provider did not give are absent, not None."""
     if info is None:
         return {}
-    spec: Spec = {}
+    facts: dict[str, object] = {"context_window": info.context_window, "kind": info.kind}
     if info.prices is not None:
-        for field in _PRICE_FIELDS:
-            value = getattr(info.prices, field)
-            if value is not None:
-                spec[field] = value  # type: ignore[literal-required]
-    if info.context_window is not None:
-        spec["context_window"] = info.context_window
-    if info.kind is not None:
-        spec["kind"] = info.kind
+        facts.update(msgspec.structs.asdict(info.prices))
     if info.caps is not None:
-        spec.update(msgspec.structs.asdict(info.caps))  # type: ignore[typeddict-item]
-    return spec
+        facts.update(msgspec.structs.asdict(info.caps))
+    return cast(Spec, {field: value for field, value in facts.items() if value is not None})
 
 
 def _offer_of_spec(provider: str, model: str, spec: Spec) -> Offer:
     """Defaults for what nobody said: kind from the name, a small window, no extra capabilities."""
-    kind: Kind = spec.get("kind") or _guess_kind(model)
+    kind: Kind = spec.get("kind") or ("embedding" if "embed" in model.lower() else "chat")
     output = spec.get("output")
     if kind == "embedding" and output is None and spec.get("input") is not None:
         output = 0  # embeddings produce no billed output tokens
@@ -286,10 +271,6 @@ def _offer_of_spec(provider: str, model: str, spec: Spec) -> Offer:
     )
     window = spec.get("context_window", DEFAULT_CONTEXT_WINDOW)
     return Offer(provider, model, kind, prices, window, caps)
-
-
-def _guess_kind(model: str) -> Kind:
-    return "embedding" if "embed" in model.lower() else "chat"
 
 
 def unmatched_overrides(catalog: Catalog, overrides: Mapping[str, object]) -> list[str]:

@@ -33,22 +33,26 @@ class Prices(Struct, frozen=True):
 def cost_picos(
     prompt_tokens: int, completion_tokens: int, cached_tokens: int, prices: Prices
 ) -> int | None:
-    """Exact cost in pico-USD (`sum(tokens × micro-USD per MTok)`), or `None` if prices are unknown.
+    """Exact cost in pico-USD (`sum(tokens × micro-USD per MTok)`); `None` if prices are unknown.
 
     Routing ranks offers by this unrounded value so that small requests still tell a cheaper
     price from a dearer one even when both round to the same number of micro-USD.
     `cached_tokens` is the part of `prompt_tokens` read from the cache; a provider that reports
     more cached than prompt tokens is taken to mean the whole prompt was cached.
     """
-    if prices.input is None or prices.output is None:
+    input_price, output_price = prices.input, prices.output
+    if input_price is None or output_price is None:
         return None
-    _check_tokens(prompt_tokens, completion_tokens, cached_tokens)
+    if prompt_tokens < 0 or completion_tokens < 0 or cached_tokens < 0:
+        _refuse_negative(prompt_tokens, completion_tokens, cached_tokens)
+    if cached_tokens == 0:  # routing's per-offer estimate: keep it to two multiplications
+        return prompt_tokens * input_price + completion_tokens * output_price
     cached = min(cached_tokens, prompt_tokens)
-    cached_price = prices.input if prices.cached is None else prices.cached
+    cached_price = input_price if prices.cached is None else prices.cached
     return (
-        (prompt_tokens - cached) * prices.input
+        (prompt_tokens - cached) * input_price
         + cached * cached_price
-        + completion_tokens * prices.output
+        + completion_tokens * output_price
     )
 
 
@@ -93,10 +97,8 @@ def estimate_prompt_tokens(messages_char_count: int, n_messages: int) -> int:
     return estimate_tokens_from_chars(messages_char_count) + MESSAGE_OVERHEAD_TOKENS * n_messages
 
 
-def _check_tokens(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+def _refuse_negative(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
     """Negative counts are a bug upstream of us, never a discount."""
-    if min(prompt_tokens, completion_tokens, cached_tokens) >= 0:
-        return  # the per-request fast path: routing calls this once per offer
     for name, value in (
         ("prompt_tokens", prompt_tokens),
         ("completion_tokens", completion_tokens),
