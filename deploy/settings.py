@@ -5,6 +5,7 @@ Every error names the variable (or file key) and the rule it broke. Keys are nev
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from domain.identity import IdentityError, context_of, parse_networks
 from domain.limits import settings_from_config
 from domain.routing import STRATEGIES
 from functions.config import PRESET_BASE_URLS, BrokerConfig, ProviderConfig
@@ -31,18 +33,21 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise SettingsError(f"{name}={raw!r} must be >= {minimum:g}")
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0,
+         maximum: int | None = None) -> int | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit() or int(raw) < minimum:
-        raise SettingsError(f"{name}={raw!r} must be an integer >= {minimum}")
-    return int(raw)
+    text = raw.strip()
+    if not (text.isascii() and text.isdecimal()) or int(text) < minimum or (maximum is not None and int(text) > maximum):
+        rule = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise SettingsError(f"{name}={raw!r} must be an integer {rule}")
+    return int(text)
 
 
 def _keys(env: Mapping[str, str], prefix: str) -> tuple[str, ...]:
@@ -62,7 +67,7 @@ def usd_per_mtok(value: Any, where: str) -> int | None:
         micros = Decimal(str(value)) * 1_000_000
     except InvalidOperation:
         raise SettingsError(f"{where}: {value!r} is not a price in USD per 1M tokens") from None
-    if micros < 0 or micros != micros.to_integral_value():
+    if not micros.is_finite() or micros < 0 or micros != micros.to_integral_value():
         raise SettingsError(f"{where}: {value!r} must be >= 0 with at most 6 decimals")
     return int(micros)
 
@@ -116,6 +121,22 @@ def _providers(env: Mapping[str, str], custom: Any) -> tuple[ProviderConfig, ...
     return tuple(found)
 
 
+def _context(env: Mapping[str, str]) -> str:
+    value = env.get("DEFAULT_CONTEXT", "0")
+    if isinstance(context_of(value, "0"), IdentityError):
+        raise SettingsError(f"DEFAULT_CONTEXT={value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    cidrs = tuple(p.strip() for p in raw.split(",") if p.strip())
+    try:
+        parse_networks(cidrs)
+    except ValueError as exc:
+        raise SettingsError(f"TRUSTED_PROXIES={raw!r} must be comma-separated CIDRs ({exc})") from None
+    return cidrs
+
+
 def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
     env = os.environ if env is None else env
     doc = load_models_config(env.get("MODELS_CONFIG_PATH"))
@@ -142,10 +163,10 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
         first_byte_timeout_s=_float(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_S", 60.0, minimum=0.1),
         idle_timeout_s=_float(env, "UPSTREAM_IDLE_TIMEOUT_S", 60.0, minimum=0.1),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024) or 0,
-        default_context=env.get("DEFAULT_CONTEXT", "0"),
+        default_context=_context(env),
         allowed_contexts=frozenset(c.strip() for c in contexts.split(",") if c.strip()) if contexts else None,
-        trusted_proxies=tuple(p.strip() for p in proxies.split(",")) if proxies else ("127.0.0.1/32", "::1/128"),
-        ipv6_bucket_prefix=_int(env, "IPV6_BUCKET_PREFIX", None, minimum=1),
+        trusted_proxies=_networks(proxies) if proxies else ("127.0.0.1/32", "::1/128"),
+        ipv6_bucket_prefix=_int(env, "IPV6_BUCKET_PREFIX", None, minimum=1, maximum=128),
         expected_output_tokens=_int(env, "EXPECTED_OUTPUT_TOKENS", 256, minimum=1) or 256,
         model_overrides=_overrides(doc.get("models") or {}),
         upstream_client=client,

@@ -29,7 +29,8 @@ def context_of(value: str | None, default: str, allowed: frozenset[str] | None =
     if value is None:
         return default
     if not _CONTEXT_RULE.fullmatch(value):
-        shown = value if len(value) <= 40 else value[:40] + "…"
+        shown = value.encode("latin-1", "replace").decode("utf-8", "replace")  # HTTP headers arrive as latin-1
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
         return IdentityError(
             "invalid_context",
             f"header X-Hero-Context {shown!r} is invalid: it must match [A-Za-z0-9_-]{{1,64}}",
@@ -51,8 +52,10 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
 
 
 def _parse(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    text = addr.strip().strip("[]")
-    if text.count(":") == 1 and "." in text:  # "1.2.3.4:5678"
+    text = addr.strip()
+    if text.startswith("[") and "]" in text:  # "[2001:db8::1]" or "[2001:db8::1]:443"
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1 and "." in text:  # "1.2.3.4:5678"
         text = text.rsplit(":", 1)[0]
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
@@ -80,8 +83,12 @@ def client_ip(peer: str | None, forwarded_for: str | None, real_ip: str | None, 
     peer_ip = None if peer is None else _parse(peer)
     if via_unix_socket or (peer_ip is not None and _trusted(peer_ip, trusted)):
         for hop in reversed((forwarded_for or "").split(",")):
+            if not hop.strip():
+                continue
             hop_ip = _parse(hop)
-            if hop_ip is not None and not _trusted(hop_ip, trusted):
+            if hop_ip is None:  # the right-most untrusted hop is garbage: trust nothing left of it
+                break
+            if not _trusted(hop_ip, trusted):
                 return _bucket(hop_ip, v6_prefix)
         real = None if real_ip is None else _parse(real_ip)
         if real is not None:

@@ -236,6 +236,8 @@ def _check(offer: Offer, ask: _Ask) -> tuple[int, str]:
         return PRICE, "price unknown (auto never picks it)"
     if offer.provider in ask.unhealthy:
         return HEALTH, "provider unhealthy"
+    if offer.key in ask.unhealthy:
+        return HEALTH, "offer backing off after errors"
     if ask.needs and (missing := [n for n in ask.needs if not getattr(offer.caps, n)]):
         return CAPS, f"lacks {', '.join(missing)}"
     if offer.context_window < ask.window_tokens:

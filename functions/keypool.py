@@ -9,10 +9,12 @@ Time is an argument (`now_s`), so the rules are testable without a clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 BACKOFF_START_S = 5.0
 BACKOFF_CAP_S = 300.0
+MAX_COOLDOWN_S = 3600.0  # a Retry-After longer than this is not believed
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Backoff:
     def failed(self, key: str, now_s: float) -> None:
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
-        self._until[key] = now_s + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_CAP_S)
+        self._until[key] = now_s + min(BACKOFF_START_S * 2 ** min(n - 1, 16), BACKOFF_CAP_S)
 
     def succeeded(self, key: str) -> None:
         if key in self._failures:
@@ -81,7 +83,8 @@ class KeyPool:
         if status in (401, 403):
             st.disabled = True
         elif status == 429:
-            st.until_s = now_s + (retry_after_s if retry_after_s is not None else self._default_cooldown_s)
+            sane = retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s >= 0
+            st.until_s = now_s + (min(retry_after_s, MAX_COOLDOWN_S) if sane else self._default_cooldown_s)  # type: ignore[type-var]
 
     def key_id(self, index: int) -> str:
         return self.states[index].key_id

@@ -7,6 +7,7 @@ and append the settled usage before the exchange ends (so shutdown waits for it)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from litestar import asgi
@@ -24,54 +25,73 @@ from functions.request_body import ParsedRequest, parse_chat, parse_completion, 
 from functions.state import BrokerState
 
 log = logging.getLogger("aibroker.api")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def caller_of(scope: Scope, state: BrokerState) -> Caller:
-    """(ip, context, user, request id) of this exchange; raises BrokerError on a bad context."""
+def caller_of(scope: Scope, state: BrokerState) -> tuple[Caller, BrokerError | None]:
+    """(ip, context, user, request id) of this exchange, and the error if the context is bad.
+
+    A bad context is still logged (as context "") so an operator sees who sent it; it is never
+    billed to another bucket. A client's `X-Request-Id` is kept when it is a plain token (for
+    tracing across systems); otherwise the broker makes one. Ids are labels, not a security boundary:
+    every event also carries its (ip, context).
+    """
     cfg = state.config
-    context = context_of(header(scope, b"x-hero-context"), cfg.default_context, cfg.allowed_contexts)
-    if isinstance(context, IdentityError):
-        raise BrokerError(context.code, context.message, param="X-Hero-Context")
     client = scope.get("client")
     peer = client[0] if client else None
     ip = client_ip(peer, header(scope, b"x-forwarded-for"), header(scope, b"x-real-ip"),
                    trusted=state.trusted, via_unix_socket=not peer, v6_prefix=cfg.ipv6_bucket_prefix)
+    context = context_of(header(scope, b"x-hero-context"), cfg.default_context, cfg.allowed_contexts)
+    error = None
+    if isinstance(context, IdentityError):
+        error = BrokerError(context.code, context.message, param="X-Hero-Context")
+        context = ""
+    user = user_of(header(scope, b"x-hero-user"))
     rid = header(scope, b"x-request-id")
-    if rid is None or not (0 < len(rid) <= 64 and rid.isprintable()):
+    if rid is None or not _REQUEST_ID.fullmatch(rid):
         rid = uuid7()
-    return Caller(ip=ip, context=context, user=user_of(header(scope, b"x-hero-user")), request_id=rid)
+    return Caller(ip=ip, context=context, user=user, request_id=rid), error
+
+
+async def _admit_input(scope: Scope, receive: Receive, call: Call, bad_context: BrokerError | None,
+                       parse: Callable[[bytes], ParsedRequest]) -> None:
+    """Method, shutdown, context, size and body checks; a refusal is logged, then raised."""
+    state = call.state
+    try:
+        if scope["method"] != "POST":
+            raise BrokerError("method_not_allowed", f"{call.endpoint} accepts POST only, got {scope['method']}")
+        if not state.accepting:
+            raise BrokerError("shutting_down", "the broker is shutting down; retry on another instance")
+        if bad_context is not None:
+            raise bad_context
+        raw = await read_body(receive, state.config.max_body_bytes, header(scope, b"content-length"))
+        call.body_bytes = len(raw)
+        call.parsed = parse(raw)
+    except BrokerError as exc:
+        await state.log.append([call.event_rejected(exc)])
+        raise
 
 
 async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path: str,
                 parse: Callable[[bytes], ParsedRequest]) -> None:
     state: BrokerState = scope["app"].state.broker
     settled: list[UsageRecorded] = []
-    headers = {"x-request-id": ""}
+    caller, bad_context = caller_of(scope, state)
+    headers = {"x-request-id": caller.request_id}
+    call = Call(state, caller, endpoint, path, parsed=None)  # type: ignore[arg-type]
     answer = None
-    try:
-        if scope["method"] != "POST":
-            raise BrokerError("method_not_allowed", f"{endpoint} accepts POST only, got {scope['method']}")
-        if not state.accepting:
-            raise BrokerError("shutting_down", "the broker is shutting down; retry on another instance")
-        caller = caller_of(scope, state)
-        headers["x-request-id"] = caller.request_id
-        raw = await read_body(receive, state.config.max_body_bytes, header(scope, b"content-length"))
-        call = Call(state, caller, endpoint, path, parsed=None, body_bytes=len(raw))  # type: ignore[arg-type]
-        try:
-            call.parsed = parse(raw)
-        except BrokerError as exc:
-            await state.log.append([call.event_rejected(exc)])
-            raise
-        def settle(usage: UsageRecorded) -> None:
-            state.admission.settle(usage)  # release the reservation now; durable at the flush below
-            settled.append(usage)
 
+    def settle(usage: UsageRecorded) -> None:
+        state.admission.settle(usage)  # release the reservation now; durable at the flush
+        settled.append(usage)
+
+    try:
+        await _admit_input(scope, receive, call, bad_context, parse)
         answer = await serve(call, settle)
         headers.update(answer.headers)
         headers.update(state.admission.headers((caller.ip, caller.context), now_us()))
         if answer.stream is None:
-            await state.log.append(settled)
-            settled.clear()
+            await _flush(state, settled)
             await send_bytes(send, answer.status, headers, answer.body)
         else:
             await send_stream(send, receive, headers, answer.stream)
@@ -83,6 +103,9 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
         await send_error(send, BrokerError("log_unavailable", "the usage log is unavailable; request not served"), headers)
     except ConnectionResetError:
         pass
+    except Exception:
+        log.exception("request %s failed", caller.request_id)
+        await send_error(send, BrokerError("internal_error", f"internal error (request {caller.request_id})"), headers)
     finally:
         if answer is not None and answer.stream is not None:
             answer.stream.close()

@@ -8,6 +8,7 @@ one `usage.recorded` on every path — success, upstream error, stream cut, clie
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Call:
     path: str
     parsed: ParsedRequest
     body_bytes: int = 0
+    cost_cap_micros: int | None = None  # a stream without max_tokens is cut when it would cost more
     t0: float = field(default_factory=time.monotonic)
     attempts: int = 0
     failures: list[str] = field(default_factory=list)
@@ -108,7 +110,7 @@ def usage_event(call: Call, offer: Offer | None, usage: Usage | None, chars: int
     if usage is not None:
         source, prompt, completion = "provider", usage.prompt_tokens or 0, usage.completion_tokens or 0
         cached, reasoning = usage.cached, usage.reasoning
-    elif offer is not None and (chars or outcome in ("ok", "upstream_cut", "client_disconnect")):
+    elif offer is not None and (chars or outcome in ("ok", "upstream_cut", "client_disconnect", "budget_cut")):
         source, prompt, completion = "estimated", call.parsed.route.prompt_tokens_est, estimate_completion_tokens(chars)
         cached = reasoning = 0
     else:
@@ -130,9 +132,10 @@ def usage_event(call: Call, offer: Offer | None, usage: Usage | None, chars: int
 def _retry_after_s(resp: UpstreamResponse) -> float | None:
     value = resp.headers.get("retry-after")
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
@@ -242,6 +245,14 @@ class Relay:
         self.outcome = "client_disconnect"
         self.closed = False
 
+    def _over_budget(self) -> bool:
+        cap = self.call.cost_cap_micros
+        if cap is None:
+            return False
+        est = self.call.parsed.route.prompt_tokens_est
+        cost = cost_micros(est, estimate_completion_tokens(self.scanner.chars), 0, self.offer.prices)
+        return cost is not None and cost > cap
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         scanner = self.scanner
         try:
@@ -252,6 +263,10 @@ class Relay:
                 out = scanner.feed(chunk)
                 if out:
                     yield out
+                if self._over_budget():
+                    self.outcome = "budget_cut"
+                    yield sse_error("budget_daily", "the stream was cut: it reached this (ip, context)'s budget")
+                    return
             rest = scanner.finish()
             if rest:
                 yield rest
@@ -296,6 +311,9 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
                               limit=refusal.limit, observed=refusal.observed, retry_after_s=refusal.retry_after_s)
         await state.log.append([*first, rejected])
         raise BrokerError(refusal.code, refusal.message, headers=headers)
+    if call.parsed.stream and route.max_tokens is None:
+        left = state.admission.usage.budget_left(key, state.admission.limits(key), admitted.ts_us)
+        call.cost_cap_micros = None if left is None else admitted.reserved_micros + max(left, 0)
     await state.log.append([*first, admitted])
     return await attempt_all(call, decision, catalog.price_version, settle)
 

@@ -16,6 +16,9 @@ from domain.routing import RouteRequest
 from functions.errors import BrokerError
 
 
+MAX_TOKENS_PARAM = 2**31 - 1  # no model has a larger window; the log stores int64
+
+
 @dataclass
 class ParsedRequest:
     body: dict[str, Any]
@@ -37,6 +40,10 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise BrokerError("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise BrokerError("invalid_json", "the request body is not valid JSON: a string is not valid UTF-8") from None
+    except RecursionError:
+        raise BrokerError("invalid_json", "the request body is not valid JSON we accept: it is nested too deeply") from None
     if not isinstance(body, dict):
         raise BrokerError("invalid_json", f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -62,6 +69,8 @@ def _int_param(body: dict[str, Any], name: str, minimum: int) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise _bad(f"'{name}' must be an integer >= {minimum}, got {value!r}", name)
+    if value > MAX_TOKENS_PARAM:
+        raise _bad(f"'{name}' must be at most {MAX_TOKENS_PARAM}, got {value}", name)
     return value
 
 
@@ -69,7 +78,8 @@ def _common(body: dict[str, Any]) -> tuple[str | None, bool, int | None]:
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise _bad(f"'model' must be a non-empty string, got {model!r}", "model")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream
     if not isinstance(stream, bool):
         raise _bad(f"'stream' must be a boolean, got {stream!r}", "stream")
     max_tokens = _int_param(body, "max_completion_tokens", 1)

@@ -45,7 +45,9 @@ class _WithUsage(msgspec.Struct):
 
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
 _HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # `"usage":null` on every chunk is not usage
-_TEXT = re.compile(rb'"(?:content|text)":"((?:[^"\\]|\\.)*)"')
+_TEXT = re.compile(rb'"(?:content|text)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_EVENT = re.compile(rb"(?s).*?(?:\r\n\r\n|\n\n)")  # one event with its blank-line terminator
+_DONE = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*\r?$")  # a whole line: text inside JSON has no raw newline
 
 
 def usage_of_body(body: bytes) -> Usage | None:
@@ -78,29 +80,30 @@ class SseScanner:
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the stream so far."""
         data = self._buf + chunk if self._buf else chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
+        end = data.rfind(b"\n\n") + 2
+        if b"\r" in data:  # SSE also allows CRLF line ends
+            end = max(end, data.rfind(b"\r\n\r\n") + 4)
+        if end < 2:
             self._buf = data
             return b""
-        self._buf = data[end + 2:]
-        complete = data[: end + 2]
+        self._buf = data[end:]
+        complete = data[:end]
         if not _HAS_USAGE.search(complete):
             self._note(complete)
             return complete
-        return b"".join(self._event(e) for e in complete.split(b"\n\n") if e)
+        return b"".join(self._event(m.group(0)) for m in _EVENT.finditer(complete))
 
     def _note(self, events: bytes) -> None:
-        self.events += events.count(b"\n\n")
+        self.events += events.count(b"\n\n") + events.count(b"\r\n\r\n")
         self.chars += text_chars(events)
-        if b"data: [DONE]" in events:
+        if b"[DONE]" in events and _DONE.search(events):
             self.done = True
 
-    def _event(self, event: bytes) -> bytes:
-        framed = event + b"\n\n"
+    def _event(self, framed: bytes) -> bytes:
         self._note(framed)
-        if event.startswith(b"data: {") and _HAS_USAGE.search(event):
+        if framed.startswith(b"data: {") and _HAS_USAGE.search(framed):
             try:
-                parsed = _usage_decoder.decode(event[6:])
+                parsed = _usage_decoder.decode(framed[6:])
             except (msgspec.DecodeError, msgspec.ValidationError):
                 return framed
             if parsed.usage is not None:
