@@ -19,6 +19,7 @@ Micros = Annotated[int, Meta(ge=0, le=INT64_MAX)]  # integer micro-USD
 MicrosPerMTok = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 # Event time in µs since the Unix epoch, up to the end of year 9999 (dates must stay dates).
 TimestampUs = Annotated[int, Meta(ge=0, le=253_402_300_799_999_999)]
+HttpStatus = Annotated[int, Meta(ge=0, le=999)]
 ContextName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{0,64}\Z")]
 UsageSource = Literal["provider", "estimated", "missing"]
 
@@ -86,7 +87,7 @@ class RequestRejected(Event, frozen=True, kw_only=True, tag="request.rejected.v1
     """A request refused by a limit or rule: which one, the numbers, the status sent."""
 
     code: str
-    status: int
+    status: HttpStatus
     message: str = ""
     limit: NonNegative | None = None
     observed: NonNegative | None = None
@@ -109,7 +110,7 @@ class UpstreamFailed(Event, frozen=True, kw_only=True, tag="upstream.failed.v1")
     provider: str
     model: str
     key_id: str = ""
-    status: int | None = None
+    status: HttpStatus | None = None
     latency_us: NonNegative = 0
     error_class: str = ""
     message: str = ""
@@ -138,7 +139,7 @@ class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage.recorded.v1"):
     latency_us: NonNegative = 0
     ttft_us: NonNegative | None = None
     outcome: Outcome = "ok"
-    status: int = 200
+    status: HttpStatus = 200
     attempts: NonNegative = 1
     endpoint: str = ""
 

@@ -67,7 +67,7 @@ def wal_to_table(data: bytes) -> pa.Table:
     options = pa_json.ParseOptions(
         explicit_schema=event_schema(), unexpected_field_behavior="ignore"
     )
-    read = pa_json.ReadOptions(block_size=max(1 << 20, len(data) + 1))
+    read = pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1))
     return pa_json.read_json(io.BytesIO(data), read_options=read, parse_options=options)
 
 

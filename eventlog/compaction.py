@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from eventlog import manifest as mf
 from eventlog.fsutil import publish
-from eventlog.segments import Sealer
+from eventlog.segments import Sealer, columns_id
 
 MAX_PARTS = 8
 
@@ -49,7 +50,8 @@ def _write_part(con: duckdb.DuckDBPyConnection, data_dir: Path, sources: list[Pa
     con.execute(f"COPY ({scan} ORDER BY context, ts_us, seq) TO '{tmp}' "
                 "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
     publish(tmp, final)
-    return mf.FileEntry(rel, rows, min_seq, max_seq, min_ts, max_ts, final.stat().st_size, True)
+    names = pq.read_schema(final).names
+    return mf.FileEntry(rel, rows, min_seq, max_seq, min_ts, max_ts, final.stat().st_size, True, columns_id(names))
 
 
 def compact(sealer: Sealer, now_s: float | None = None) -> int:

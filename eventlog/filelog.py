@@ -25,6 +25,7 @@ from eventlog.stamping import Stamper
 from eventlog.wal import WAL_DIR, wal_files, wal_name
 
 log = logging.getLogger("aibroker.eventlog")
+RECENT_IDS_ON_OPEN = 20_000
 
 
 class FileEventLog:
@@ -66,10 +67,20 @@ class FileEventLog:
             unlock_writer(self._lock_fd)
             raise
         self._stamper.next_seq = next_seq
+        await asyncio.to_thread(self._remember_recent, next_seq - 1)
         self._written_through = next_seq - 1
         self._open_file()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-writer")
         return self
+
+    def _remember_recent(self, last_seq: int, count: int = RECENT_IDS_ON_OPEN) -> None:
+        """Reload the newest event ids, so a caller retrying across a restart is not stored twice."""
+        if last_seq <= 0:
+            return
+        from eventlog.replay import replay_batches
+
+        for batch in replay_batches(self.data_dir, after_seq=max(0, last_seq - count), columns=["event_id", "seq"]):
+            self._stamper.remember(dict(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
 
     # ---- appending ------------------------------------------------------------------------------
 
@@ -169,7 +180,8 @@ class FileEventLog:
                 or time.monotonic() - self._file_opened >= self._rotate_s)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # never keep a closed descriptor (its number gets reused)
+        os.close(fd)
         self._open_file()
         self._sealing.submit(self._seal_closed)
 
@@ -218,9 +230,13 @@ class FileEventLog:
         self._wake.set()
         await self._task
         self._task = None
-        if self._failure is None:
-            await self.flush_sealed()
-        os.close(self._fd)
-        self._io.shutdown()
-        self._sealing.shutdown()
-        unlock_writer(self._lock_fd)
+        try:
+            if self._failure is None:
+                await self.flush_sealed()
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._io.shutdown()
+            self._sealing.shutdown()
+            unlock_writer(self._lock_fd)

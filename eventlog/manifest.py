@@ -27,6 +27,7 @@ class FileEntry(msgspec.Struct, frozen=True):
     max_ts_us: int
     bytes: int
     compacted: bool = False
+    columns_id: str = ""  # fingerprint of the column names, in order; "" = unknown
 
 
 class Retired(msgspec.Struct, frozen=True):

@@ -64,8 +64,10 @@ def connect(data_dir: str | Path, *, locked_down: bool = True,
     con.unregister("_tail_arrow")
     if snap.files:
         files = ", ".join(_quote(p) for p in snap.files)
+        ids = {f.columns_id for f in snap.manifest.files}
+        by_name = ", union_by_name=true" if len(ids) > 1 or "" in ids else ""
         con.execute(
-            f"CREATE VIEW events AS SELECT * FROM read_parquet([{files}], union_by_name=true) "
+            f"CREATE VIEW events AS SELECT * FROM read_parquet([{files}]{by_name}) "
             "UNION ALL BY NAME SELECT * FROM wal_tail"
         )
     else:

@@ -7,6 +7,7 @@ recovery seals again; after it, recovery skips the rows the manifest already cov
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -32,12 +33,19 @@ def write_parquet(table: pa.Table, final: Path) -> int:
     return final.stat().st_size
 
 
+def columns_id(names: list[str]) -> str:
+    """Same id ⇔ same column names in the same order: such files can be read without
+    `union_by_name` (which re-reads every footer each time a view is bound)."""
+    return hashlib.sha256("\x1f".join(names).encode()).hexdigest()[:16]
+
+
 def entry_for(table: pa.Table, rel: str, size: int, compacted: bool = False) -> mf.FileEntry:
     seq = pc.min_max(table.column("seq")).as_py()
     ts = pc.min_max(table.column("ts_us")).as_py()
     return mf.FileEntry(
         path=rel, rows=table.num_rows, min_seq=seq["min"], max_seq=seq["max"],
         min_ts_us=ts["min"], max_ts_us=ts["max"], bytes=size, compacted=compacted,
+        columns_id=columns_id(table.column_names),
     )
 
 

@@ -45,6 +45,10 @@ class Stamper:
         self._remember(batch_ids)
         return out, lines
 
+    def remember(self, ids: dict[str, int]) -> None:
+        """Mark ids as already logged (their seq), e.g. the newest ones after a reopen."""
+        self._remember(ids)
+
     def _remember(self, ids: dict[str, int]) -> None:
         self._recent.update(ids)
         overflow = len(self._recent) - self._window

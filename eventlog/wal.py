@@ -7,6 +7,7 @@ in case a disk error hit a line in the middle.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import msgspec
 from domain.events import decode
 
 WAL_DIR = "wal"
+log = logging.getLogger("aibroker.eventlog")
 
 
 def wal_name(first_seq: int) -> str:
@@ -63,7 +65,10 @@ def repair(path: Path) -> bytes:
     if len(good) < len(data):
         tail = data[len(good):]
         if b"\n" in tail.rstrip(b"\n\x00"):  # more than one torn line: keep it for an operator
-            (path.parent / (path.name + ".corrupt")).write_bytes(tail)
+            aside = path.parent / (path.name + ".corrupt")
+            aside.write_bytes(tail)
+            log.error("WAL %s: a corrupt line at byte %d; %d bytes (%d lines) after it were set aside in %s",
+                      path, len(good), len(tail), tail.count(b"\n"), aside)
         with open(path, "r+b") as f:
             f.truncate(len(good))
             os.fsync(f.fileno())
