@@ -93,36 +93,39 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--clients", default="aiohttp", help="upstream clients to compare, e.g. aiohttp,httpx")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("bench/broker.py needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fake_port, broker_port = free_port(), free_port()
+    fake_port = free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
     print(f"# bench/broker.py  {time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  "
           f"{args.connections} connections, {args.seconds}s per run, wrk -t2")
-    with tempfile.TemporaryDirectory() as data, process(
-        [sys.executable, "-m", "functions.fake_upstream", "--port", str(fake_port), "--log-level", "warning",
-         "--no-access-log"], env, f"{fake_url}/fakeai/v1/models",
-    ), process(
-        [sys.executable, "-m", "deploy.cli", "serve", "--port", str(broker_port), "--fake-url", fake_url],
-        {**env, "AIBROKER_DATA_DIR": data}, f"http://127.0.0.1:{broker_port}/ready",
-    ) as broker:
-        rows = []
-        for label, stream in (("json", ""), ("sse", '"stream":true,')):
-            direct = wrk(f"{fake_url}/fakeai/v1/chat/completions", BODY % ("fake-small", stream),
-                         args.seconds, args.connections)
-            cpu0 = cpu_seconds(broker.pid)
-            via = wrk(f"http://127.0.0.1:{broker_port}/v1/chat/completions", BODY % ("auto", stream),
-                      args.seconds, args.connections)
-            cpu_ms = (cpu_seconds(broker.pid) - cpu0) * 1000 / max(via["requests"], 1)
-            rows.append((label, direct, via, cpu_ms))
-    print(f"{'mode':5} {'target':8} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    rows = []
+    with process([sys.executable, "-m", "functions.fake_upstream", "--port", str(fake_port), "--log-level",
+                  "warning", "--no-access-log"], env, f"{fake_url}/fakeai/v1/models"):
+        for client in args.clients.split(","):
+            broker_port = free_port()
+            broker_env = {**env, "UPSTREAM_CLIENT": client, "MODELS_CONFIG_PATH": str(ROOT / "bench" / "unlimited.yml")}
+            with tempfile.TemporaryDirectory() as data, process(
+                [sys.executable, "-m", "deploy.cli", "serve", "--port", str(broker_port), "--fake-url", fake_url],
+                {**broker_env, "AIBROKER_DATA_DIR": data}, f"http://127.0.0.1:{broker_port}/ready",
+            ) as broker:
+                for label, stream in (("json", ""), ("sse", '"stream":true,')):
+                    direct = wrk(f"{fake_url}/fakeai/v1/chat/completions", BODY % ("fake-small", stream),
+                                 args.seconds, args.connections)
+                    cpu0 = cpu_seconds(broker.pid)
+                    via = wrk(f"http://127.0.0.1:{broker_port}/v1/chat/completions", BODY % ("auto", stream),
+                              args.seconds, args.connections)
+                    cpu_ms = (cpu_seconds(broker.pid) - cpu0) * 1000 / max(via["requests"], 1)
+                    rows.append((f"{label}/{client}", direct, via, cpu_ms))
+    print(f"{'mode/client':14} {'target':8} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for label, direct, via, cpu_ms in rows:
         for name, r in (("upstream", direct), ("broker", via)):
-            print(f"{label:5} {name:8} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {r['errors']:8.0f}")
-        print(f"{label:5} ratio    broker/upstream req/s = {via['rps'] / direct['rps']:.2f}, "
+            print(f"{label:14} {name:8} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {r['errors']:8.0f}")
+        print(f"{label:14} ratio    broker/upstream req/s = {via['rps'] / direct['rps']:.2f}, "
               f"p99 ratio = {via['p99'] / max(direct['p99'], 1e-9):.2f}, broker CPU per request = {cpu_ms:.2f} ms")
     return 0
 

@@ -16,6 +16,21 @@ from eventlog.reader import connect
 from eventlog.replay import replay_events
 
 
+def rebuild_ttft(data_dir: Path, now_us: int, horizon_us: int = 3_600_000_000) -> dict[tuple[str, str], int]:
+    """Median time to first token per (provider, model) over the last hour: the `fastest` strategy's
+    starting point (then kept current in memory)."""
+    con = connect(data_dir, locked_down=False)
+    try:
+        rows = con.execute(
+            "SELECT provider, model, CAST(median(ttft_us) AS BIGINT) FROM usage "
+            "WHERE ttft_us IS NOT NULL AND outcome = 'ok' AND ts_us >= ? GROUP BY ALL",
+            [now_us - horizon_us],
+        ).fetchall()
+    finally:
+        con.close()
+    return {(p, m): int(t) for p, m, t in rows}
+
+
 def rebuild_policy(data_dir: Path, book: PolicyBook) -> PolicyBook:
     for event in replay_events(data_dir, kinds=["limits.changed.v1"]):
         book.apply(event)  # type: ignore[arg-type]

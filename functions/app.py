@@ -21,7 +21,7 @@ from pathlib import Path
 from domain.limits import settings_from_config
 from eventlog.base import EventLog
 from eventlog.ids import now_us
-from eventlog.projections import rebuild_policy, rebuild_usage
+from eventlog.projections import rebuild_policy, rebuild_ttft, rebuild_usage
 from eventlog.filelog import FileEventLog
 from functions.config import BrokerConfig
 from functions.errors import BrokerError, error_body
@@ -66,6 +66,7 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
     if data_dir is not None:
         rebuild_policy(data_dir, book)
         rebuild_usage(data_dir, now_us(), state.admission.usage)
+        state.ttft_us.update(rebuild_ttft(data_dir, now_us()))
 
 
 def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,

@@ -82,7 +82,7 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
     answer = None
 
     def settle(usage: UsageRecorded) -> None:
-        state.admission.settle(usage)  # release the reservation now; durable at the flush
+        state.observe(usage)  # release the reservation now; durable at the flush
         settled.append(usage)
 
     try:

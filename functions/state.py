@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from domain.events import Event
+from domain.events import Event, UsageRecorded
 from domain.identity import Network, parse_networks
 from domain.limits import PolicyBook
 from domain.routing import NoRoute, RouteDecision, RouteRequest, route
@@ -42,6 +42,7 @@ class BrokerState:
         self.admission = Admission(PolicyBook(), UsageProjection())
         self.accepting = True
         self.backoff = Backoff()
+        self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
 
     def route(self, request: RouteRequest, key: tuple[str, str]) -> tuple[RouteDecision | NoRoute, str]:
         policy = self.admission.policy(key)
@@ -49,8 +50,16 @@ class BrokerState:
         now_s = time.monotonic()
         down = unhealthy(self.providers, now_s) | self.backoff.resting(now_s)
         decision = route(self.catalog.catalog, request, unhealthy=down, policy=policy, strategy=strategy,
-                         expected_output_tokens=self.config.expected_output_tokens)
+                         expected_output_tokens=self.config.expected_output_tokens, observed_ttft_us=self.ttft_us)
         return decision, strategy
+
+    def observe(self, usage: UsageRecorded) -> None:
+        """Settle the reservation and keep time-to-first-token current (a 1/8 moving average)."""
+        self.admission.settle(usage)
+        if usage.ttft_us is not None and usage.outcome == "ok" and usage.provider:
+            key = (usage.provider, usage.model)
+            old = self.ttft_us.get(key)
+            self.ttft_us[key] = usage.ttft_us if old is None else old + (usage.ttft_us - old) // 8
 
     def submit(self, events: Sequence[Event]) -> None:
         """Queue events that ride along a request; durability is awaited by `settle`'s append."""
