@@ -63,7 +63,8 @@ def cmd_log_stats(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.serve import main as serve_main
 
-    return serve_main(args.host, args.port, args.fake, args.log_level, args.fake_url)
+    return serve_main(args.host, args.port, args.fake, args.log_level, args.fake_url,
+                      None if args.admin == "off" else args.admin)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--fake", action="store_true", help="route to the built-in fake upstream (no keys needed)")
+    serve.add_argument("--admin", default="127.0.0.1:8081", help="HOST:PORT of the admin JSON-RPC, or 'off'")
     serve.add_argument("--fake-url", help="use an already running fake upstream at this URL (benchmarks)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

@@ -172,6 +172,7 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
         upstream_client=client,
         source=env.get("AIBROKER_SOURCE", "aibroker"),
         limits=limits,
+        admin_token=env.get("ADMIN_TOKEN", ""),
     )
 
 

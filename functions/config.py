@@ -52,3 +52,4 @@ class BrokerConfig:
     source: str = "aibroker"
     key_cooldown_s: float = 60.0
     limits: dict[str, Any] = field(default_factory=dict)
+    admin_token: str = field(default="", repr=False)

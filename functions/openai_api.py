@@ -19,7 +19,7 @@ from domain.identity import IdentityError, client_ip, context_of, user_of
 from eventlog.base import EventLogError
 from eventlog.ids import now_us, uuid7
 from functions.asgi_io import header, read_body, send_bytes, send_error, send_stream
-from functions.errors import BrokerError
+from functions.errors import BrokerError, error_body
 from functions.pipeline import Call, Caller, serve
 from functions.request_body import ParsedRequest, parse_chat, parse_completion, parse_embedding
 from functions.state import BrokerState
@@ -109,6 +109,30 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
     finally:
         if answer is not None and answer.stream is not None:
             answer.stream.close()
+        await _flush(state, settled)
+
+
+async def run_call(call: Call, raw: bytes, parse: Callable[[bytes], ParsedRequest]) -> tuple[int, bytes]:
+    """A non-streaming call from bytes to (status, body): the REST path, for other surfaces (RPC)."""
+    state = call.state
+    settled: list[UsageRecorded] = []
+
+    def settle(usage: UsageRecorded) -> None:
+        state.observe(usage)
+        settled.append(usage)
+
+    try:
+        call.body_bytes = len(raw)
+        try:
+            call.parsed = parse(raw)
+        except BrokerError as exc:
+            await state.log.append([call.event_rejected(exc)])
+            raise
+        answer = await serve(call, settle)
+        return answer.status, answer.body
+    except BrokerError as exc:
+        return exc.status, error_body(exc.code, exc.message, exc.param)
+    finally:
         await _flush(state, settled)
 
 

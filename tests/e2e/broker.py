@@ -62,6 +62,7 @@ class Broker:
     data_dir: Path
     stderr_path: Path
     pid: int
+    admin_url: str = ""  # http://127.0.0.1:M (the admin JSON-RPC surface)
 
     def sql(self, sql: str) -> list[dict[str, Any]]:
         """One read-only SELECT over the log (manifest Parquet + unsealed WAL tail), as dicts."""
@@ -119,18 +120,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def start_broker(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Broker]:
     """`python -m deploy.cli serve --fake` with its data in `workdir/data`, stopped on exit."""
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = workdir / "stdout.log", workdir / "stderr.log"
-    command = [sys.executable, "-m", "deploy.cli", "serve", "--fake", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "deploy.cli", "serve", "--fake", "--host", "127.0.0.1", "--port", str(port),
+               "--admin", f"127.0.0.1:{admin_port}"]
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(data_dir, env or {}), stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
     try:
         root_url = f"http://127.0.0.1:{port}"
         _wait_ready(proc, root_url, stderr_path)
-        yield Broker(root_url, f"{root_url}/v1", data_dir, stderr_path, proc.pid)
+        yield Broker(root_url, f"{root_url}/v1", data_dir, stderr_path, proc.pid, f"http://127.0.0.1:{admin_port}")
     finally:
         _stop(proc)
 
@@ -150,3 +152,29 @@ def only(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = of_kind(events, kind)
     assert len(found) == 1, f"expected exactly one {kind}, got {len(found)}: {[e['kind'] for e in events]}"
     return found[0]
+
+
+def write_limits_config(path: Path, limits: Mapping[str, Any]) -> Path:
+    """A modelsconfig.yml holding only a `limits:` section, for `MODELS_CONFIG_PATH`."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"limits": dict(limits)}, sort_keys=False))
+    return path
+
+
+def signal_and_reap(broker: Broker, sig: int, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """Send `sig` to the broker's PID only and wait for it to exit; returns its wait status.
+
+    `start_broker`'s own stop then finds the process already gone and does nothing.
+    """
+    os.kill(broker.pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(broker.pid, os.WNOHANG)
+        if pid == broker.pid:
+            return status
+        time.sleep(0.02)
+    import signal
+
+    os.kill(broker.pid, signal.SIGKILL)  # still by PID
+    return os.waitpid(broker.pid, 0)[1]

@@ -1,0 +1,70 @@
+"""The broker's runtime: one event-log writer, projections and catalog, shared by every surface.
+
+`open_runtime(config)` is the single place that opens the data directory, restores projections from
+the log, loads the catalog and starts its refresh; closing stops taking requests, waits for pending
+appends, closes upstream clients and seals the log. Each surface's app either owns a runtime (run on
+its own) or is handed the process's one (`aibroker serve`: one process, one ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from domain.limits import settings_from_config
+from eventlog.base import EventLog
+from eventlog.filelog import FileEventLog
+from eventlog.ids import now_us
+from eventlog.projections import rebuild_policy, rebuild_ttft, rebuild_usage
+from functions.config import BrokerConfig
+from functions.state import BrokerState
+
+
+def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) -> None:
+    """Limits policy (config, then `limits.changed` events) and usage projections, from the log."""
+    book = state.admission.book
+    for scope, settings in settings_from_config(config.limits):
+        book.set(scope, settings)
+    if data_dir is not None:
+        rebuild_policy(data_dir, book)
+        rebuild_usage(data_dir, now_us(), state.admission.usage)
+        state.ttft_us.update(rebuild_ttft(data_dir, now_us()))
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(config: BrokerConfig, event_log: EventLog | None = None) -> AsyncIterator[BrokerState]:
+    """`event_log` lets tests pass an in-memory log; else the data directory's file log."""
+    owned = event_log is None
+    the_log = event_log or await FileEventLog.open(config.data_dir)
+    state = BrokerState(config, the_log)
+    refresher = None
+    try:
+        await asyncio.to_thread(_restore, state, config, config.data_dir if owned else None)
+        await state.catalog.refresh(the_log)
+        refresher = asyncio.get_running_loop().create_task(state.catalog.run_periodic(the_log, config.catalog_refresh_s))
+        yield state
+    finally:
+        state.accepting = False
+        if refresher is not None:
+            refresher.cancel()
+        await state.aclose()
+        if owned:
+            await the_log.close()
+
+
+def runtime_lifespan(config: BrokerConfig, runtime: BrokerState | None, event_log: EventLog | None = None):  # type: ignore[no-untyped-def]
+    """A Litestar lifespan: use the given runtime, or open (and later close) one of its own."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.broker = runtime  # type: ignore[attr-defined]
+            yield
+            return
+        async with open_runtime(config, event_log) as state:
+            app.state.broker = state  # type: ignore[attr-defined]
+            yield
+
+    return lifespan
