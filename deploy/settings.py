@@ -121,6 +121,24 @@ def _providers(env: Mapping[str, str], custom: Any) -> tuple[ProviderConfig, ...
     return tuple(found)
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).lower()
+    if value not in allowed:
+        raise SettingsError(f"{name}={env.get(name)!r} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _mode(env: Mapping[str, str]) -> int:
+    raw = env.get("SOCKET_MODE", "0660")
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        raise SettingsError(f"SOCKET_MODE={raw!r} must be an octal file mode like 0660") from None
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise SettingsError(f"SOCKET_MODE={raw!r} must be an octal mode from 0600 to 0777 (the owner needs rw)")
+    return mode
+
+
 def _context(env: Mapping[str, str]) -> str:
     value = env.get("DEFAULT_CONTEXT", "0")
     if isinstance(context_of(value, "0"), IdentityError):
@@ -173,6 +191,11 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
         source=env.get("AIBROKER_SOURCE", "aibroker"),
         limits=limits,
         admin_token=env.get("ADMIN_TOKEN", ""),
+        models_config_path=env.get("MODELS_CONFIG_PATH") or None,
+        log_level=_choice(env, "LOG_LEVEL", "warning", ("debug", "info", "warning", "error")),
+        log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+        socket_mode=_mode(env),
+        shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", 30.0, minimum=0.0),
     )
 
 

@@ -193,6 +193,15 @@ class BillingMarked(Event, frozen=True, kw_only=True, tag="billing.marked.v1"):
     export_sha256: str = ""
 
 
+class ConfigReloaded(Event, frozen=True, kw_only=True, tag="config.reloaded.v1"):
+    """The operator's modelsconfig.yml was read again (SIGHUP); `ok` False means it was refused."""
+
+    path: str = ""
+    sha256: str = ""
+    ok: bool = True
+    error: str = ""
+
+
 AnyEvent = Union[
     RequestReceived,
     RouteDecided,
@@ -204,6 +213,7 @@ AnyEvent = Union[
     LimitsChanged,
     CatalogRefreshed,
     BillingMarked,
+    ConfigReloaded,
 ]
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

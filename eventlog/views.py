@@ -31,6 +31,7 @@ _NAMES = {
     "limits.changed.v1": "limit_changes",
     "catalog.refreshed.v1": "catalog_refreshes",
     "billing.marked.v1": "billing_marks",
+    "config.reloaded.v1": "config_reloads",
 }
 
 KIND_VIEWS: dict[str, str] = {}

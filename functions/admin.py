@@ -18,7 +18,8 @@ from functions import admin_data  # noqa: F401  (registers the data methods)
 from functions.admin_methods import METHODS, AdminContext
 from functions.config import BrokerConfig
 from functions.jsonrpc import NoParams, dispatch, method, openrpc
-from functions.runtime import runtime_lifespan
+from functions.app import ready
+from functions.runtime import DeferredApp, runtime_lifespan
 from functions.state import BrokerState
 
 VERSION = "0.1.0"
@@ -88,6 +89,16 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/metrics", sync_to_thread=False)
+def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
+    state: BrokerState = request.app.state.broker
+    why = refusal(state.config, request)
+    if why is not None:
+        return _rpc_error_response(why)
+    text = state.metrics.render(lambda: state.log.backlog)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @get("/.well-known/heroservice.json", sync_to_thread=False)
 def heroservice() -> dict[str, Any]:
     return {
@@ -100,8 +111,11 @@ def heroservice() -> dict[str, Any]:
 def create_admin_app(config: BrokerConfig, *, event_log: EventLog | None = None,
                      runtime: BrokerState | None = None) -> Litestar:
     return Litestar(
-        route_handlers=[rpc, openrpc_json, health, heroservice],
+        route_handlers=[rpc, openrpc_json, health, ready, metrics, heroservice],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
         openapi_config=None,
         debug=False,
     )
+
+
+app = DeferredApp(create_admin_app)

@@ -46,7 +46,7 @@ class SpendParams(msgspec.Struct, forbid_unknown_fields=True):
     group_by: Literal["day", "month"] | None = None
 
 
-def _spend_rows(data_dir: Path, keys: list[str], p: SpendParams) -> list[dict[str, Any]]:
+def spend_rows(data_dir: Path, keys: list[str], p: SpendParams) -> list[dict[str, Any]]:
     where, args = ["true"], []
     if p.start:
         where.append("ts_us >= ?")
@@ -88,7 +88,7 @@ def _usd(micros: int) -> str:
 
 def _spend(keys: list[str]) -> Any:
     async def handler(ctx: AdminContext, p: SpendParams) -> list[dict[str, Any]]:
-        return await off_loop(_spend_rows, ctx.state.config.data_dir, keys, p)  # type: ignore[no-any-return]
+        return await off_loop(spend_rows, ctx.state.config.data_dir, keys, p)  # type: ignore[no-any-return]
 
     return handler
 
@@ -102,7 +102,7 @@ for _name, _keys, _what in (("spend.by_context", ["context"], "context"), ("spen
 # ---- events ---------------------------------------------------------------------------------
 
 
-def _events(data_dir: Path, where: str, args: list[Any], limit: int, newest_first: bool) -> list[dict[str, Any]]:
+def recent_events(data_dir: Path, where: str, args: list[Any], limit: int, newest_first: bool) -> list[dict[str, Any]]:
     con = connect(data_dir)
     try:
         order = "DESC" if newest_first else "ASC"
@@ -120,7 +120,7 @@ class RequestId(msgspec.Struct, forbid_unknown_fields=True):
 
 @method(METHODS, "usage.request", RequestId, list[dict[str, Any]], "Every event of one request, in log order.")
 async def usage_request(ctx: AdminContext, p: RequestId) -> list[dict[str, Any]]:
-    return await off_loop(_events, ctx.state.config.data_dir, "request_id = ?", [p.request_id], 1000, False)  # type: ignore[no-any-return]
+    return await off_loop(recent_events, ctx.state.config.data_dir, "request_id = ?", [p.request_id], 1000, False)  # type: ignore[no-any-return]
 
 
 class Tail(msgspec.Struct, forbid_unknown_fields=True):
@@ -139,7 +139,7 @@ async def events_tail(ctx: AdminContext, p: Tail) -> list[dict[str, Any]]:
         if getattr(p, name) is not None:
             where.append(f"{name} = ?")
             args.append(getattr(p, name))
-    return await off_loop(_events, ctx.state.config.data_dir, " AND ".join(where), args, p.n, True)  # type: ignore[no-any-return]
+    return await off_loop(recent_events, ctx.state.config.data_dir, " AND ".join(where), args, p.n, True)  # type: ignore[no-any-return]
 
 
 # ---- SQL ------------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class Admission:
     def settle(self, usage: UsageRecorded) -> None:
         self.usage.apply(usage)
 
+    def replace_book(self, book: PolicyBook) -> None:
+        """A reloaded policy (SIGHUP); caches drop because the version moves on."""
+        book.version = self.book.version + 1
+        self.book = book
+
     def changed(self, event: LimitsChanged) -> None:
         self.book.apply(event)
 

@@ -53,3 +53,8 @@ class BrokerConfig:
     key_cooldown_s: float = 60.0
     limits: dict[str, Any] = field(default_factory=dict)
     admin_token: str = field(default="", repr=False)
+    models_config_path: str | None = None
+    log_level: str = "warning"
+    log_format: str = "json"
+    socket_mode: int = 0o660
+    shutdown_grace_s: float = 30.0

@@ -52,15 +52,19 @@ def _state(request: Request[Any, Any, Any]) -> BrokerState:
     return request.app.state.broker  # type: ignore[no-any-return]
 
 
-@get("/v1/models", sync_to_thread=False)
-def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+def _list(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": model_entries(_state(request).catalog.catalog)}
 
 
-@get("/v1/models/{model_id:path}", sync_to_thread=False)
-def get_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+def _one(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
     wanted = model_id.lstrip("/")
     for entry in model_entries(_state(request).catalog.catalog):
         if entry["id"] == wanted:
             return entry
     raise BrokerError("model_not_found", f"the model {wanted!r} does not exist (GET /v1/models lists them)", param="model")
+
+
+list_models = get("/v1/models", sync_to_thread=False, name="list_models")(_list)
+get_model = get("/v1/models/{model_id:path}", sync_to_thread=False, name="get_model")(_one)
+list_models_unprefixed = get("/models", sync_to_thread=False, name="list_models_unprefixed")(_list)
+get_model_unprefixed = get("/models/{model_id:path}", sync_to_thread=False, name="get_model_unprefixed")(_one)

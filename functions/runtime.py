@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import importlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from domain.limits import settings_from_config
 from eventlog.base import EventLog
@@ -42,8 +44,8 @@ async def open_runtime(config: BrokerConfig, event_log: EventLog | None = None) 
     refresher = None
     try:
         await asyncio.to_thread(_restore, state, config, config.data_dir if owned else None)
-        await state.catalog.refresh(the_log)
-        refresher = asyncio.get_running_loop().create_task(state.catalog.run_periodic(the_log, config.catalog_refresh_s))
+        await state.catalog.refresh(state.log)
+        refresher = asyncio.get_running_loop().create_task(state.catalog.run_periodic(state.log, config.catalog_refresh_s))
         yield state
     finally:
         state.accepting = False
@@ -52,6 +54,24 @@ async def open_runtime(config: BrokerConfig, event_log: EventLog | None = None) 
         await state.aclose()
         if owned:
             await the_log.close()
+
+
+class DeferredApp:
+    """An ASGI app built on first use from the process environment, for `uvicorn functions.chat:app`.
+
+    Reading settings is deploy/'s job, so this names it by module (`deploy.settings.load_config`) —
+    the one place functions/ reaches up, and only when an ASGI server runs a function on its own.
+    """
+
+    def __init__(self, build: Callable[[BrokerConfig], Any]) -> None:
+        self._build = build
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            settings = importlib.import_module("deploy.settings")
+            self._app = self._build(settings.load_config())
+        await self._app(scope, receive, send)
 
 
 def runtime_lifespan(config: BrokerConfig, runtime: BrokerState | None, event_log: EventLog | None = None):  # type: ignore[no-untyped-def]

@@ -22,23 +22,52 @@ from eventlog.base import EventLog
 from functions.catalog_service import CatalogService
 from functions.config import BrokerConfig
 from functions.keypool import Backoff
+from functions.metrics import Metrics
 from functions.providers import Provider, unhealthy
 from functions.upstream import Timeouts, UpstreamClient, make_client
 
 log = logging.getLogger("aibroker")
 
 
+class TappedLog:
+    """The event log, with every appended event also folded into the metrics projection."""
+
+    def __init__(self, inner: EventLog, metrics: Metrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def append(self, events: Sequence[Event]) -> list[Event]:
+        started = time.perf_counter()
+        out = await self.inner.append(events)
+        self.metrics.append.observe((), time.perf_counter() - started)
+        for event in events:
+            self.metrics.apply(event)
+        return out
+
+    def submit(self, events: Sequence[Event]) -> tuple[list[Event], asyncio.Future[None]]:
+        out, fut = self.inner.submit(events)
+        for event in events:
+            self.metrics.apply(event)
+        return out, fut
+
+    @property
+    def backlog(self) -> int:
+        return int(getattr(self.inner, "backlog", 0))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class BrokerState:
     def __init__(self, config: BrokerConfig, event_log: EventLog,
                  clients: dict[str, UpstreamClient] | None = None) -> None:
         self.config = config
-        self.log = event_log
+        self.metrics = Metrics()
+        self.log = TappedLog(event_log, self.metrics)
         timeouts = Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s)
         self.clients = clients or {p.name: make_client(config.upstream_client, timeouts) for p in config.providers}
         self.providers = {p.name: Provider.of(p, self.clients[p.name], config.key_cooldown_s) for p in config.providers}
         self.catalog = CatalogService(self.providers, config.model_overrides, config.static_models, config.source)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.admission = Admission(PolicyBook(), UsageProjection())
         self.accepting = True
         self.backoff = Backoff()
@@ -66,20 +95,7 @@ class BrokerState:
         _, fut = self.log.submit(events)
         fut.add_done_callback(_log_failure)
 
-    def spawn_append(self, events: Sequence[Event]) -> None:
-        """Append in the background (usage after a stream); shutdown waits for these."""
-        task = asyncio.get_running_loop().create_task(self.log.append(events))
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a background append failed: %s", task.exception())
-
     async def aclose(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
         for client in self.clients.values():
             await client.aclose()
 
