@@ -202,6 +202,15 @@ class ConfigReloaded(Event, frozen=True, kw_only=True, tag="config.reloaded.v1")
     error: str = ""
 
 
+class ProviderToggled(Event, frozen=True, kw_only=True, tag="provider.toggled.v1"):
+    """An operator switched a provider on or off for routing (kept across restarts)."""
+
+    provider: str
+    enabled: bool
+    actor: str = ""
+    reason: str = ""
+
+
 AnyEvent = Union[
     RequestReceived,
     RouteDecided,
@@ -214,6 +223,7 @@ AnyEvent = Union[
     CatalogRefreshed,
     BillingMarked,
     ConfigReloaded,
+    ProviderToggled,
 ]
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -151,6 +151,14 @@ class UsageProjection:
             b.spend_day[day] = b.spend_day.get(day, 0) + cost
             b.spend_month[month] = b.spend_month.get(month, 0) + cost
 
+    def cancel(self, key: BucketKey, request_id: str) -> None:
+        """Undo an admission whose event never reached the log (the append failed)."""
+        b = self.bucket(key)
+        held = self._release(b, request_id)
+        if held is not None and held.entry[2]:
+            b.window.remove(held.entry)
+            b.window_tokens -= held.entry[1]
+
     def release_all_in_flight(self) -> None:
         """After a restart: requests of the previous run are gone, so are their reservations."""
         for b in self.buckets.values():

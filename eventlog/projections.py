@@ -31,6 +31,11 @@ def rebuild_ttft(data_dir: Path, now_us: int, horizon_us: int = 3_600_000_000) -
     return {(p, m): int(t) for p, m, t in rows}
 
 
+def rebuild_switches(data_dir: Path) -> dict[str, bool]:
+    """Each provider's last on/off switch by an operator (absent: never switched)."""
+    return {e.provider: e.enabled for e in replay_events(data_dir, kinds=["provider.toggled.v1"])}  # type: ignore[attr-defined]
+
+
 def rebuild_policy(data_dir: Path, book: PolicyBook) -> PolicyBook:
     for event in replay_events(data_dir, kinds=["limits.changed.v1"]):
         book.apply(event)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ _NAMES = {
     "catalog.refreshed.v1": "catalog_refreshes",
     "billing.marked.v1": "billing_marks",
     "config.reloaded.v1": "config_reloads",
+    "provider.toggled.v1": "provider_toggles",
 }
 
 KIND_VIEWS: dict[str, str] = {}

@@ -38,8 +38,8 @@ def refusal(config: BrokerConfig, request: Request[Any, Any, Any]) -> str | None
         return None  # a Unix socket: protected by its file mode
     if config.admin_token:
         given = request.headers.get("authorization", "")
-        expected = f"Bearer {config.admin_token}"
-        if hmac.compare_digest(given.encode(), expected.encode()):
+        scheme, _, token = given.strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
             return None
         return "unauthorized: the admin API needs 'Authorization: Bearer <ADMIN_TOKEN>'" if not given else \
             "unauthorized: wrong admin token"

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from domain.events import LimitsChanged
+from domain.events import LimitsChanged, ProviderToggled
+from domain.identity import IdentityError, context_of
 from domain.limits import LIMIT_FIELDS, POLICY_FIELDS, scope_key, usd_to_micros
 from domain.routing import STRATEGIES, NoRoute
 from eventlog.ids import now_us, uuid7
@@ -182,6 +183,8 @@ async def providers_list(ctx: AdminContext, _: NoParams) -> list[dict[str, Any]]
 class SetEnabled(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     enabled: bool
+    actor: str = ""
+    reason: str = ""
 
 
 @method(METHODS, "providers.set_enabled", SetEnabled, dict[str, Any], "Switch a provider on or off for routing.")
@@ -189,6 +192,9 @@ async def providers_set_enabled(ctx: AdminContext, p: SetEnabled) -> dict[str, A
     provider = ctx.state.providers.get(p.name)
     if provider is None:
         raise RpcError(INVALID_PARAMS, f"invalid params: no provider {p.name!r} (providers.list names them)")
+    await ctx.state.log.append([ProviderToggled(event_id=uuid7(), ts_us=now_us(), source=ctx.state.config.source,
+                                                provider=p.name, enabled=p.enabled, actor=p.actor or ctx.actor,
+                                                reason=p.reason)])
     provider.enabled = p.enabled
     return {"name": p.name, "enabled": p.enabled}
 
@@ -198,7 +204,12 @@ async def providers_set_enabled(ctx: AdminContext, p: SetEnabled) -> dict[str, A
 
 async def _ai(ctx: AdminContext, raw: dict[str, Any], endpoint: str, path: str, kind: str) -> Any:
     body = raw.get("request", raw) if isinstance(raw.get("request"), dict) else raw
-    context = str(raw.get("context", body.get("context", ctx.state.config.default_context)))
+    given = raw.get("context", body.get("context"))
+    if given is not None and not isinstance(given, str):
+        raise RpcError(INVALID_PARAMS, "invalid params: 'context' must be a string")
+    context = context_of(given, ctx.state.config.default_context, ctx.state.config.allowed_contexts)
+    if isinstance(context, IdentityError):
+        raise RpcError(INVALID_PARAMS, f"invalid params: 'context': {context.message}")
     body = {k: v for k, v in body.items() if k != "context"}
     if body.get("stream"):
         raise RpcError(INVALID_PARAMS, "invalid params: stream is not available over JSON-RPC; use the REST API")

@@ -59,7 +59,7 @@ def _bind(m: Method, raw: Any) -> Any:
         if not isinstance(raw, dict):
             raise RpcError(INVALID_PARAMS, f"{m.name} takes its params by name (an object)")
         return raw
-    names = [f.name for f in msgspec.structs.fields(m.params)]
+    names = [f.encode_name for f in msgspec.structs.fields(m.params)]
     if raw is None:
         raw = {}
     elif isinstance(raw, list):
@@ -87,10 +87,9 @@ async def _one(registry: dict[str, Method], ctx: Any, req: Any) -> dict[str, Any
         return _error(None, INVALID_REQUEST, "invalid request: each request must be a JSON object")
     id_ = req.get("id")
     notify = "id" not in req
-    if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str) or not (
-        notify or id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)
-    ):
-        return _error(id_ if isinstance(id_, (str, int)) else None, INVALID_REQUEST,
+    valid_id = id_ is None or isinstance(id_, (str, int, float)) and not isinstance(id_, bool)
+    if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str) or not (notify or valid_id):
+        return _error(id_ if valid_id else None, INVALID_REQUEST,
                       'invalid request: needs "jsonrpc": "2.0", a string "method" and an id that is a string, number or null')
     m = registry.get(req["method"])
     try:
@@ -129,7 +128,7 @@ def openrpc(registry: dict[str, Method], title: str, version: str) -> dict[str, 
                            "description": "the OpenAI request body, flat or wrapped as {\"request\": {...}}"})
         for f in msgspec.structs.fields(m.params):
             schema = msgspec.json.schema(f.type)
-            params.append({"name": f.name, "required": f.required, "schema": _inline(schema)})
+            params.append({"name": f.encode_name, "required": f.required, "schema": _inline(schema)})
         methods.append({
             "name": m.name, "summary": m.summary, "paramStructure": "either", "params": params,
             "result": {"name": f"{m.name}.result", "schema": _inline(msgspec.json.schema(m.result))},

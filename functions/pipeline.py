@@ -314,7 +314,11 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
     if call.parsed.stream and route.max_tokens is None:
         left = state.admission.usage.budget_left(key, state.admission.limits(key), admitted.ts_us)
         call.cost_cap_micros = None if left is None else admitted.reserved_micros + max(left, 0)
-    await state.log.append([*first, admitted])
+    try:
+        await state.log.append([*first, admitted])
+    except BaseException:
+        state.admission.usage.cancel(key, admitted.request_id)  # the projection must match the log
+        raise
     return await attempt_all(call, decision, catalog.price_version, settle)
 
 

@@ -19,7 +19,7 @@ from domain.limits import settings_from_config
 from eventlog.base import EventLog
 from eventlog.filelog import FileEventLog
 from eventlog.ids import now_us
-from eventlog.projections import rebuild_policy, rebuild_ttft, rebuild_usage
+from eventlog.projections import rebuild_policy, rebuild_switches, rebuild_ttft, rebuild_usage
 from functions.config import BrokerConfig
 from functions.state import BrokerState
 
@@ -33,6 +33,9 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
         rebuild_policy(data_dir, book)
         rebuild_usage(data_dir, now_us(), state.admission.usage)
         state.ttft_us.update(rebuild_ttft(data_dir, now_us()))
+        for name, enabled in rebuild_switches(data_dir).items():
+            if name in state.providers:
+                state.providers[name].enabled = enabled
 
 
 @contextlib.asynccontextmanager
