@@ -71,7 +71,8 @@ class _Server(uvicorn.Server):
 
 def _server(app: object, log_level: str, grace_s: float) -> uvicorn.Server:
     cfg = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http="httptools",
-                         loop="none", timeout_graceful_shutdown=int(grace_s), log_config=None)
+                         loop="none", timeout_graceful_shutdown=int(grace_s), log_config=None,
+                         proxy_headers=False)  # the broker alone decides the ip, from TRUSTED_PROXIES
     return _Server(cfg)
 
 
@@ -110,7 +111,7 @@ async def reload_config(state: BrokerState, path: str | None) -> None:
         digest = hashlib.sha256(raw).hexdigest()
         book = PolicyBook()
         for scope, settings in settings_from_config(fresh.limits):
-            book.set(scope, settings)
+            book.set(scope, settings, none_means_unlimited=True)
         rebuild_policy(state.config.data_dir, book)
         state.catalog.overrides = dict(fresh.model_overrides)
         state.admission.replace_book(book)

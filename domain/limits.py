@@ -13,10 +13,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from domain.events import LimitsChanged
+from domain.routing import STRATEGIES
 
 LIMIT_FIELDS = ("requests_per_min", "tokens_per_min", "concurrent", "budget_daily_micros", "budget_monthly_micros")
 POLICY_FIELDS = ("allowed_providers", "denied_providers", "allowed_models", "denied_models", "pinned_model", "strategy")
 SETTINGS = LIMIT_FIELDS + POLICY_FIELDS
+LIST_FIELDS = ("allowed_providers", "denied_providers", "allowed_models", "denied_models")
+
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,13 @@ class PolicyBook:
     overrides: dict[Scope, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # bumps on every change; caches key on it
 
-    def set(self, key: Scope, settings: Mapping[str, Any], cleared: tuple[str, ...] = (), reset: bool = False) -> None:
+    def set(self, key: Scope, settings: Mapping[str, Any], cleared: tuple[str, ...] = (), reset: bool = False,
+            none_means_unlimited: bool = False) -> None:
+        """Events use None for "unchanged"; config files use null for "no limit" (`none_means_unlimited`)."""
         current = {} if reset else dict(self.overrides.get(key, {}))
         for name in cleared:
             current.pop(name, None)
-        current.update({k: v for k, v in settings.items() if v is not None})
+        current.update({k: v for k, v in settings.items() if v is not None or none_means_unlimited})
         if current:
             self.overrides[key] = current
         else:
@@ -93,6 +98,8 @@ def settings_from_config(doc: Mapping[str, Any]) -> list[tuple[Scope, dict[str, 
         out.append((("default", "", ""), _settings("limits.default", doc["default"])))
     for name, scope in (("contexts", "context"), ("ips", "ip"), ("buckets", "bucket")):
         for target, spec in (doc.get(name) or {}).items():
+            if scope == "bucket" and (str(target).count("|") != 1 or str(target).startswith("|") or str(target).endswith("|")):
+                raise ValueError(f"limits.buckets[{target!r}]: a bucket key is 'IP|CONTEXT'")
             ip, _, ctx = str(target).partition("|") if scope == "bucket" else (str(target), "", str(target))
             out.append((scope_key(scope, ip, ctx), _settings(f"limits.{name}[{target!r}]", spec)))
     unknown = set(doc) - {"default", "contexts", "ips", "buckets"}
@@ -113,6 +120,14 @@ def _settings(where: str, spec: Any) -> dict[str, Any]:
             value = usd_to_micros(value, f"{where}.{key}")
         if name in LIMIT_FIELDS and value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"{where}.{key} must be an integer >= 0 or null, got {value!r}")
+        if name in LIST_FIELDS and value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+        ):
+            raise ValueError(f"{where}.{key} must be a list of names, got {value!r}")
+        if name in ("pinned_model", "strategy") and value is not None and not isinstance(value, str):
+            raise ValueError(f"{where}.{key} must be a string, got {value!r}")
+        if name == "strategy" and value is not None and value not in STRATEGIES:
+            raise ValueError(f"{where}.strategy {value!r} must be one of {', '.join(STRATEGIES)}")
         out[name] = value
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 from domain.events import Event, RequestAdmitted, UsageRecorded
 from domain.limits import Limits
@@ -25,8 +26,13 @@ def day_of(ts_us: int) -> int:
     return ts_us // DAY_US
 
 
+@lru_cache(maxsize=64)
+def _month_of_day(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).strftime("%Y-%m")
+
+
 def month_of(ts_us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m")
+    return _month_of_day(ts_us // DAY_US)
 
 
 def month_start_us(ts_us: int) -> int:
@@ -53,7 +59,9 @@ class Held:
 class Bucket:
     window: deque[list[int]] = field(default_factory=deque)  # [ts_us, tokens, in_window], oldest first
     window_tokens: int = 0
-    in_flight: dict[str, Held] = field(default_factory=dict)
+    # holds per request id: a client may reuse its X-Request-Id, and every admission holds its own
+    in_flight: dict[str, list[Held]] = field(default_factory=dict)
+    in_flight_n: int = 0
     reserved_micros: int = 0
     spend_day: dict[int, int] = field(default_factory=dict)
     spend_month: dict[str, int] = field(default_factory=dict)
@@ -127,15 +135,19 @@ class UsageProjection:
         entry = [e.ts_us, e.reserved_tokens, 1]
         b.window.append(entry)
         b.window_tokens += e.reserved_tokens
-        if e.request_id in b.in_flight:  # a second admission of one request: replace the hold
-            self._release(b, e.request_id)
-        b.in_flight[e.request_id] = Held(e.reserved_tokens, e.reserved_micros, entry)
+        b.in_flight.setdefault(e.request_id, []).append(Held(e.reserved_tokens, e.reserved_micros, entry))
+        b.in_flight_n += 1
         b.reserved_micros += e.reserved_micros
 
-    def _release(self, b: Bucket, request_id: str) -> Held | None:
-        held = b.in_flight.pop(request_id, None)
-        if held is not None:
-            b.reserved_micros -= held.micros
+    def _release(self, b: Bucket, request_id: str, newest: bool = False) -> Held | None:
+        holds = b.in_flight.get(request_id)
+        if not holds:
+            return None
+        held = holds.pop() if newest else holds.pop(0)
+        if not holds:
+            del b.in_flight[request_id]
+        b.in_flight_n -= 1
+        b.reserved_micros -= held.micros
         return held
 
     def _settled(self, e: UsageRecorded) -> None:
@@ -154,7 +166,7 @@ class UsageProjection:
     def cancel(self, key: BucketKey, request_id: str) -> None:
         """Undo an admission whose event never reached the log (the append failed)."""
         b = self.bucket(key)
-        held = self._release(b, request_id)
+        held = self._release(b, request_id, newest=True)
         if held is not None and held.entry[2]:
             b.window.remove(held.entry)
             b.window_tokens -= held.entry[1]
@@ -163,6 +175,7 @@ class UsageProjection:
         """After a restart: requests of the previous run are gone, so are their reservations."""
         for b in self.buckets.values():
             b.in_flight.clear()
+            b.in_flight_n = 0
             b.reserved_micros = 0
 
     # ---- decisions --------------------------------------------------------------------------
@@ -172,9 +185,9 @@ class UsageProjection:
         but evicting expired window entries."""
         b = self.bucket(key)
         b.evict(now_us)
-        if limits.concurrent is not None and len(b.in_flight) >= limits.concurrent:
-            return Refusal("concurrency_limit", limits.concurrent, len(b.in_flight), 1,
-                           f"{len(b.in_flight)} requests of this (ip, context) are in flight; the limit is {limits.concurrent}")
+        if limits.concurrent is not None and b.in_flight_n >= limits.concurrent:
+            return Refusal("concurrency_limit", limits.concurrent, b.in_flight_n, 1,
+                           f"{b.in_flight_n} requests of this (ip, context) are in flight; the limit is {limits.concurrent}")
         rpm = limits.requests_per_min
         if rpm is not None and len(b.window) + 1 > rpm:
             wait = (b.window[0][0] + WINDOW_US - now_us) if b.window else WINDOW_US
@@ -213,14 +226,16 @@ class UsageProjection:
         return Headroom(rpm, None if rpm is None else max(rpm - len(b.window), 0), reset,
                         tpm, None if tpm is None else max(tpm - b.window_tokens, 0), reset)
 
-    def budget_left(self, key: BucketKey, limits: Limits, now_us: int) -> int | None:
-        """Micro-USD this bucket may still spend now (None: no budget), reservations counted."""
+    def budget_left(self, key: BucketKey, limits: Limits, now_us: int) -> tuple[int, str] | None:
+        """(micro-USD this bucket may still spend now, the binding budget's code); None: no budget."""
         b = self.bucket(key)
         lefts = []
         if limits.budget_daily_micros is not None:
-            lefts.append(limits.budget_daily_micros - b.spend_day.get(day_of(now_us), 0) - b.reserved_micros)
+            lefts.append((limits.budget_daily_micros - b.spend_day.get(day_of(now_us), 0) - b.reserved_micros,
+                          "budget_daily"))
         if limits.budget_monthly_micros is not None:
-            lefts.append(limits.budget_monthly_micros - b.spend_month.get(month_of(now_us), 0) - b.reserved_micros)
+            lefts.append((limits.budget_monthly_micros - b.spend_month.get(month_of(now_us), 0) - b.reserved_micros,
+                          "budget_monthly"))
         return min(lefts) if lefts else None
 
 

@@ -59,6 +59,7 @@ class Call:
     parsed: ParsedRequest
     body_bytes: int = 0
     cost_cap_micros: int | None = None  # a stream without max_tokens is cut when it would cost more
+    budget_code: str = ""  # which budget that cap comes from
     t0: float = field(default_factory=time.monotonic)
     attempts: int = 0
     failures: list[str] = field(default_factory=list)
@@ -243,7 +244,7 @@ class Relay:
         self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
         self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage)
         self.outcome = "client_disconnect"
-        self.closed = False
+        self.closed = self.settled = False
 
     def _over_budget(self) -> bool:
         cap = self.call.cost_cap_micros
@@ -253,38 +254,54 @@ class Relay:
         cost = cost_micros(est, estimate_completion_tokens(self.scanner.chars), 0, self.offer.prices)
         return cost is not None and cost > cap
 
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        yield self.first
+        async for chunk in self.chunks:
+            yield chunk
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Usage settles before the client can see the end, so its next request meets the new spend."""
         scanner = self.scanner
         try:
-            out = scanner.feed(self.first)
-            if out:
-                yield out
-            async for chunk in self.chunks:
+            async for chunk in self._chunks():
+                delivered = scanner.chars
                 out = scanner.feed(chunk)
+                if scanner.done:
+                    self.outcome = "ok"
+                    self.settle_once()
+                elif self._over_budget():  # checked before forwarding the chunk that crosses the cap
+                    scanner.chars = delivered  # bill what the client received
+                    self.outcome = "budget_cut"
+                    self.settle_once()
+                    code = self.call.budget_code or "budget_daily"
+                    yield sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget")
+                    return
                 if out:
                     yield out
-                if self._over_budget():
-                    self.outcome = "budget_cut"
-                    yield sse_error("budget_daily", "the stream was cut: it reached this (ip, context)'s budget")
-                    return
             rest = scanner.finish()
             if rest:
                 yield rest
-            self.outcome = "ok" if scanner.done else "upstream_cut"
+            if not scanner.done:
+                self.outcome = "upstream_cut"
         except (UpstreamTimeout, UpstreamConnectError):
             self.outcome = "upstream_cut"
         if self.outcome == "upstream_cut":
+            self.settle_once()
             yield sse_error("upstream_error", "the upstream stream broke off before it finished")
 
+    def settle_once(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.settle(usage_event(self.call, self.offer, self.scanner.usage, self.scanner.chars, self.outcome,
+                                    200, self.ttft_us, self.price_version))
+
     def close(self) -> None:
-        """Release the upstream and settle usage (what was streamed so far). Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        self.resp.close()
-        self.provider.keys.release(self.index)
-        self.settle(usage_event(self.call, self.offer, self.scanner.usage, self.scanner.chars, self.outcome,
-                                200, self.ttft_us, self.price_version))
+        """Settle usage (what was streamed so far) if not yet, release upstream and key. Idempotent."""
+        self.settle_once()
+        if not self.closed:
+            self.closed = True
+            self.resp.close()
+            self.provider.keys.release(self.index)
 
 
 async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
@@ -313,7 +330,8 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
         raise BrokerError(refusal.code, refusal.message, headers=headers)
     if call.parsed.stream and route.max_tokens is None:
         left = state.admission.usage.budget_left(key, state.admission.limits(key), admitted.ts_us)
-        call.cost_cap_micros = None if left is None else admitted.reserved_micros + max(left, 0)
+        if left is not None:
+            call.cost_cap_micros, call.budget_code = admitted.reserved_micros + max(left[0], 0), left[1]
     try:
         await state.log.append([*first, admitted])
     except BaseException:

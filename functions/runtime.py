@@ -28,7 +28,7 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
     """Limits policy (config, then `limits.changed` events) and usage projections, from the log."""
     book = state.admission.book
     for scope, settings in settings_from_config(config.limits):
-        book.set(scope, settings)
+        book.set(scope, settings, none_means_unlimited=True)
     if data_dir is not None:
         rebuild_policy(data_dir, book)
         rebuild_usage(data_dir, now_us(), state.admission.usage)

@@ -69,7 +69,8 @@ def events_of(cls: type[Event]) -> st.SearchStrategy[Event]:
     return for_type(mi.type_info(cls))
 
 
-any_event: st.SearchStrategy[Event] = st.one_of(*[events_of(cls) for cls in EVENT_TYPES])
+KIND_STRATEGIES: dict[type[Event], st.SearchStrategy[Event]] = {cls: events_of(cls) for cls in EVENT_TYPES}
+any_event: st.SearchStrategy[Event] = st.one_of(*KIND_STRATEGIES.values())
 
 # few distinct ids: so a list of events also holds retries of the same event_id
 colliding_ids = st.sampled_from(["a", "b", "c", "0190-ffff", "é\n\"x"])
