@@ -1,4 +1,4 @@
-"""The `aibroker` command: serve the broker, query the log with SQL, inspect the log."""
+"""The `aibroker` command: serve the broker, query the log with SQL, inspect the log, export bills."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from deploy.paths import default_data_dir
@@ -60,6 +61,86 @@ def cmd_log_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_refused(message: str) -> int:
+    print(f"aibroker export: {message}", file=sys.stderr)
+    return 2
+
+
+def _reprice_prices(path: str) -> dict[str, dict[str, int | None]]:
+    """PRICES.yml `models: {"provider/model": {input: "0.15", output: "0.60", cached: "0.075"}}` (USD
+    per 1M tokens) → micro-USD per 1M tokens, exactly. Raises `SettingsError` naming the bad entry."""
+    import yaml
+
+    from deploy.settings import SettingsError, usd_per_mtok
+
+    try:
+        doc = yaml.safe_load(Path(path).expanduser().read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"--reprice {path!r}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SettingsError(f"--reprice {path!r}: not a readable YAML file ({exc})") from None
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise SettingsError(f"--reprice {path!r}: expected 'models: {{\"provider/model\": {{input, output, cached}}}}'")
+    out: dict[str, dict[str, int | None]] = {}
+    for key, spec in models.items():
+        where = f"{path} models[{key!r}]"
+        if not isinstance(spec, dict) or spec.get("input") is None or spec.get("output") is None:
+            raise SettingsError(f"{where}: needs 'input' and 'output' prices (USD per 1M tokens)")
+        extra = sorted(set(spec) - {"input", "output", "cached"})
+        if extra:
+            raise SettingsError(f"{where}: unknown fields {extra} (allowed: input, output, cached)")
+        out[str(key)] = {f: usd_per_mtok(spec.get(f), f"{where}.{f}") for f in ("input", "output", "cached")}
+    return out
+
+
+def _print_reprice(args: argparse.Namespace) -> int:
+    from deploy.settings import SettingsError
+    from eventlog.billing import usd
+    from eventlog.reprice import reprice
+
+    try:
+        prices = _reprice_prices(args.reprice)
+    except SettingsError as exc:
+        return _export_refused(str(exc))
+    rows = reprice(args.data_dir, args.period, prices, contexts=args.context)
+    table = [(r.context, r.requests, r.repriced_requests, r.old_micros, r.new_micros, r.diff_micros,
+              usd(r.diff_micros)) for r in rows]
+    old, new = sum(r.old_micros for r in rows), sum(r.new_micros for r in rows)
+    table.append(("(total)", sum(r.requests for r in rows), sum(r.repriced_requests for r in rows),
+                  old, new, new - old, usd(new - old)))
+    _print_table(["context", "requests", "repriced", "old_micros", "new_micros", "diff_micros", "diff_usd"], table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from eventlog.billing import BadPeriod, export, period_bounds
+    from eventlog.billing_formats import BadFormat
+
+    try:
+        period_bounds(args.period)
+    except BadPeriod as exc:
+        return _export_refused(str(exc))
+    if not Path(args.data_dir).expanduser().is_dir():
+        return _export_refused(f"--data-dir {args.data_dir!r}: no such directory (no event log there)")
+    if args.reprice is not None:
+        if args.ip or args.format or args.out:
+            return _export_refused("--reprice takes only --period, --context and --data-dir")
+        return _print_reprice(args)
+    if not args.format or not args.out:
+        return _export_refused("--format and --out are required (or --reprice PRICES.yml)")
+    try:
+        manifest = export(args.data_dir, args.out, args.period, args.format, contexts=args.context, ips=args.ip)
+    except (BadFormat, OSError) as exc:
+        return _export_refused(str(exc))
+    totals = manifest["totals"]
+    print(f"{args.period}: {totals['line_items']} line items, {totals['requests']} requests, "
+          f"{totals['cost_usd']} USD ({totals['unpriced_requests']} unpriced), log position {manifest['position']}")
+    for name, meta in manifest["files"].items():
+        print(f"  {Path(args.out) / name}  rows {meta['rows']}  sha256 {meta['sha256']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.serve import main as serve_main
 
@@ -88,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.add_argument("--max-rows", type=int, default=10_000)
     sql.set_defaults(func=cmd_sql)
+
+    export = sub.add_parser("export", parents=[data], help="export a period's bill, or reprice it (--reprice)")
+    export.add_argument("--period", required=True, help="YYYY-MM (a UTC month) or YYYY-MM-DD (a UTC day)")
+    export.add_argument("--context", action="append", help="only this context (repeatable)")
+    export.add_argument("--ip", action="append", help="only this ip (repeatable)")
+    export.add_argument("--format", choices=["csv", "jsonl", "parquet", "cloudevents"])
+    export.add_argument("--out", help="directory for items.*, totals.* and manifest.json")
+    export.add_argument("--reprice", metavar="PRICES.yml",
+                        help="print old vs new cost per context at these prices instead of exporting")
+    export.set_defaults(func=cmd_export)
 
     log = sub.add_parser("log", help="inspect the event log")
     log_sub = log.add_subparsers(dest="log_command", required=True)
