@@ -56,7 +56,8 @@ def derived_views() -> dict[str, str]:
             "SELECT strftime(ts, '%Y-%m') AS month, ip, context, provider, model, "
             "count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, "
             "sum(completion_tokens) AS completion_tokens, sum(cached_tokens) AS cached_tokens, "
-            "sum(coalesce(cost_micros, 0)) AS cost_micros FROM usage GROUP BY ALL"
+            "sum(coalesce(cost_micros, 0)) AS cost_micros, "
+            "count(*) FILTER (WHERE cost_micros IS NULL) AS unpriced_requests FROM usage GROUP BY ALL"
         ),
         "buckets": (
             "SELECT ip, context, count(*) AS requests, sum(coalesce(cost_micros, 0)) AS cost_micros, "

@@ -13,10 +13,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from eventlog import billing
 from eventlog.reader import connect
 from eventlog.sql import SqlRefused, query
 from functions.admin_methods import METHODS, AdminContext, off_loop
-from functions.jsonrpc import INVALID_PARAMS, RpcError, method
+from functions.jsonrpc import INVALID_PARAMS, NoParams, RpcError, method
 
 MAX_SQL_ROWS = 10_000
 MAX_SQL_SECONDS = 60.0
@@ -74,16 +75,10 @@ def spend_rows(data_dir: Path, keys: list[str], p: SpendParams) -> list[dict[str
         con.close()
     for row in rows:
         row["cost_micros"] = int(row["cost_micros"] or 0)
-        row["cost_usd"] = _usd(row["cost_micros"])
+        row["cost_usd"] = billing.usd(row["cost_micros"])
         for k in ("prompt_tokens", "completion_tokens", "cached_tokens"):
             row[k] = int(row[k] or 0)
     return rows
-
-
-def _usd(micros: int) -> str:
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), 1_000_000)
-    return f"{sign}{whole}.{frac:06d}"
 
 
 def _spend(keys: list[str]) -> Any:
@@ -175,3 +170,64 @@ async def sql_query(ctx: AdminContext, p: SqlParams) -> dict[str, Any]:
     if not 0 < p.timeout_s <= MAX_SQL_SECONDS:
         raise RpcError(INVALID_PARAMS, f"invalid params: 'timeout_s' must be > 0 and ≤ {MAX_SQL_SECONDS:g}")
     return await off_loop(_run_sql, ctx.state.config.data_dir, p)  # type: ignore[no-any-return]
+
+
+# ---- billing --------------------------------------------------------------------------------
+
+
+class ExportParams(msgspec.Struct, forbid_unknown_fields=True):
+    period: str
+    format: Literal["csv", "jsonl", "parquet", "cloudevents"] = "csv"
+    contexts: list[str] | None = None
+    ips: list[str] | None = None
+    name: str | None = None  # a folder name under <data dir>/exports/ (default: period-format)
+
+
+def _export_dir(data_dir: Path, p: ExportParams) -> Path:
+    name = p.name or f"{p.period}-{p.format}" + (f"-{'-'.join(sorted(p.contexts))}" if p.contexts else "")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+        raise RpcError(INVALID_PARAMS, f"invalid params: 'name' {name!r} must be a plain folder name")
+    return data_dir / "exports" / name
+
+
+def _export(data_dir: Path, p: ExportParams) -> dict[str, Any]:
+    out = _export_dir(data_dir, p)
+    try:
+        manifest = billing.export(data_dir, out, p.period, p.format, p.contexts, p.ips)
+    except (billing.BadPeriod, ValueError) as exc:
+        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+    return {"dir": str(out), **manifest}
+
+
+@method(METHODS, "billing.export", ExportParams, dict[str, Any],
+        "Write a period's bill (one line per ip, context, provider, model) under <data dir>/exports/.")
+async def billing_export(ctx: AdminContext, p: ExportParams) -> dict[str, Any]:
+    return await off_loop(_export, ctx.state.config.data_dir, p)  # type: ignore[no-any-return]
+
+
+@method(METHODS, "billing.unbilled", NoParams, list[dict[str, Any]],
+        "Usage no billing mark covers yet (never-marked periods and late events), by month.")
+async def billing_unbilled(ctx: AdminContext, _: NoParams) -> list[dict[str, Any]]:
+    rows = await off_loop(billing.unbilled, ctx.state.config.data_dir)
+    return [{"period": period, **msgspec.to_builtins(item)} for period, item in rows]
+
+
+class MarkParams(msgspec.Struct, forbid_unknown_fields=True):
+    period: str
+    contexts: list[str] = []
+    actor: str = ""
+
+
+@method(METHODS, "billing.mark_billed", MarkParams, dict[str, Any],
+        "Close a period for contexts (all when empty): a billing.marked event; marking twice is a no-op.")
+async def billing_mark_billed(ctx: AdminContext, p: MarkParams) -> dict[str, Any]:
+    async with ctx.state.billing_lock:  # two marks at once must not both close the same period
+        try:
+            event = await off_loop(billing.mark_event, ctx.state.config.data_dir, p.period, p.contexts,
+                                   p.actor or ctx.actor)
+        except billing.BadPeriod as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        if event is None:
+            return {"marked": False, "reason": "already billed: every requested context is closed for this period"}
+        await ctx.state.log.append([event])
+    return {"marked": True, "event": msgspec.to_builtins(event)}

@@ -70,6 +70,7 @@ class BrokerState:
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
         self.admission = Admission(PolicyBook(), UsageProjection())
         self.accepting = True
+        self.billing_lock = asyncio.Lock()
         self.backoff = Backoff()
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
 
