@@ -169,7 +169,7 @@ def broker_runs(seconds: int, connections: int) -> None:
             path.write_text(config)
             port = bb.free_port()
             data = Path(tmp) / f"data-{label}"
-            with bb.process([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--fake-url", fake_url,
+            with bb.process([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--no-sockets", "--fake-url", fake_url,
                              "--admin", "off"],
                             {**env, "AIBROKER_DATA_DIR": str(data), "MODELS_CONFIG_PATH": str(path)},
                             f"http://127.0.0.1:{port}/ready") as proc:

@@ -110,8 +110,10 @@ def main() -> int:
             broker_port = free_port()
             broker_env = {**env, "UPSTREAM_CLIENT": client, "MODELS_CONFIG_PATH": str(ROOT / "bench" / "unlimited.yml")}
             with tempfile.TemporaryDirectory() as data, process(
-                [sys.executable, "-m", "deploy.cli", "serve", "--port", str(broker_port), "--fake-url", fake_url],
-                {**broker_env, "AIBROKER_DATA_DIR": data}, f"http://127.0.0.1:{broker_port}/ready",
+                [sys.executable, "-m", "deploy.cli", "serve", "--port", str(broker_port), "--admin", "off",
+                 "--no-sockets", "--fake-url", fake_url],
+                {**broker_env, "AIBROKER_DATA_DIR": data, "HERO_SOCKET_DIR": data + "/sockets"},
+                f"http://127.0.0.1:{broker_port}/ready",
             ) as broker:
                 for label, stream in (("json", ""), ("sse", '"stream":true,')):
                     direct = wrk(f"{fake_url}/fakeai/v1/chat/completions", BODY % ("fake-small", stream),

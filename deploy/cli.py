@@ -144,8 +144,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.serve import main as serve_main
 
-    return serve_main(args.host, args.port, args.fake, args.log_level, args.fake_url,
-                      None if args.admin == "off" else args.admin)
+    if not args.no_tcp:
+        args.tcp = [f"rest={args.host}:{args.port}"] + ([f"rpc={args.admin}"] if args.admin != "off" else []) + args.tcp
+    args.sockets = not args.no_sockets
+    return serve_main(args)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from deploy.settings import SettingsError, effective_config, load_config
+
+    try:
+        config = load_config()
+    except SettingsError as exc:
+        print(f"aibroker config check: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(effective_config(config), indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,14 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", default=str(default_data_dir()),
                       help="event log directory (env AIBROKER_DATA_DIR)")
 
-    serve = sub.add_parser("serve", help="run the broker (OpenAI API on TCP)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve = sub.add_parser("serve", help="run the broker: Unix sockets (rest, web_v1, rpc, ui) and TCP")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP host of the OpenAI API (rest)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port of the OpenAI API (rest)")
+    serve.add_argument("--admin", default="127.0.0.1:8081", help="HOST:PORT of the admin JSON-RPC over TCP, or 'off'")
+    serve.add_argument("--tcp", action="append", default=[], metavar="SURFACE=HOST:PORT",
+                       help="another TCP listener (surfaces: rest, web_v1, rpc, ui); repeatable")
+    serve.add_argument("--no-tcp", action="store_true", help="no TCP listeners but those given with --tcp")
+    serve.add_argument("--no-sockets", action="store_true", help="no Unix sockets")
+    serve.add_argument("--socket-dir", help="socket folder (default $HERO_SOCKET_DIR/hero_aibroker)")
     serve.add_argument("--fake", action="store_true", help="route to the built-in fake upstream (no keys needed)")
-    serve.add_argument("--admin", default="127.0.0.1:8081", help="HOST:PORT of the admin JSON-RPC, or 'off'")
     serve.add_argument("--fake-url", help="use an already running fake upstream at this URL (benchmarks)")
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: LOG_LEVEL or warning")
     serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="settings")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate the environment and modelsconfig.yml; print them, secrets masked")
+    check.set_defaults(func=cmd_config_check)
 
     sql = sub.add_parser("sql", parents=[data], help="run one read-only SELECT over the event log")
     sql.add_argument("query")

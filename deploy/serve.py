@@ -18,14 +18,13 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import uvicorn
 
 from deploy.logs import setup_logging
 from deploy.settings import SettingsError, load_config, with_fake_providers
-from deploy.sockets import SURFACES, SocketInUse, bind_tcp, bind_unix, socket_dir
+from deploy.sockets import SURFACES, SocketInUse, bind_tcp, bind_unix
 from domain.events import ConfigReloaded
 from domain.limits import PolicyBook, settings_from_config
 from eventlog.base import EventLogError
@@ -148,7 +147,7 @@ async def run(config: BrokerConfig, plan: list[Listener], *, fake: bool, fake_ur
             tasks = [asyncio.ensure_future(srv.serve(sockets=[sock])) for srv, (_, sock) in zip(servers, bound)]
             for lst, sock in bound:
                 where = "http://{}:{}".format(*sock.getsockname()[:2]) if lst.is_tcp else f"unix:{lst.address}"
-                print(f"aibroker: {lst.surface:6} on {where}{PATHS[lst.surface]}", flush=True)
+                print(f"aibroker: {lst.surface:6} on {where}  ({PATHS[lst.surface]})", flush=True)
             print(f"aibroker: data in {config.data_dir}{' (fake upstream)' if fake else ''}", flush=True)
             while not stop.is_set() and not any(t.done() for t in tasks):
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
@@ -176,16 +175,12 @@ async def run(config: BrokerConfig, plan: list[Listener], *, fake: bool, fake_ur
     return 0
 
 
-def main(args: Any, *legacy: Any) -> int:
+def main(args: Any) -> int:
     """`args`: tcp (list), sockets (bool), socket_dir, fake, fake_url, log_level (from the CLI)."""
-    if legacy:  # main(host, port, fake, log_level, fake_url, admin): the pre-sockets call
-        host, (port, fake_, level, fake_url, admin) = args, legacy
-        tcp = [f"rest={host}:{port}"] + ([f"rpc={admin}"] if admin else [])
-        args = SimpleNamespace(tcp=tcp, sockets=False, socket_dir=None, fake=fake_, fake_url=fake_url, log_level=level)
     try:
         config = load_config()
         setup_logging(args.log_level or config.log_level, config.log_format)
-        plan = listeners(args.tcp, args.sockets, Path(args.socket_dir) if args.socket_dir else socket_dir())
+        plan = listeners(args.tcp, args.sockets, Path(args.socket_dir) if args.socket_dir else config.socket_dir)
     except SettingsError as exc:
         print(f"aibroker: bad setting: {exc}", file=sys.stderr)
         return 2

@@ -196,6 +196,7 @@ def load_config(env: Mapping[str, str] | None = None) -> BrokerConfig:
         log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
         socket_mode=_mode(env),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", 30.0, minimum=0.0),
+        socket_dir=Path(env.get("HERO_SOCKET_DIR") or "~/hero/var/sockets").expanduser() / "hero_aibroker",
     )
 
 
@@ -213,3 +214,20 @@ def with_fake_providers(config: BrokerConfig, base_url: str) -> BrokerConfig:
                 "tools": m.tools, "vision": m.vision, "json_mode": m.json_mode, "streaming": m.kind != "embedding",
             })
     return replace(config, providers=config.providers + providers, model_overrides=overrides)
+
+
+def effective_config(config: BrokerConfig) -> dict[str, Any]:
+    """The configuration in force, as JSON-able data with every secret masked."""
+    out: dict[str, Any] = {}
+    for name, value in vars(config).items():
+        if name == "providers":
+            value = [{"name": p.name, "base_url": p.base_url, "keys": f"<{len(p.keys)} set, masked>",
+                      "key_env": p.key_env} for p in value]
+        elif name == "admin_token":
+            value = "<set, masked>" if value else "<not set>"
+        elif name == "socket_mode":
+            value = oct(value)
+        elif isinstance(value, (Path, frozenset, tuple)):
+            value = sorted(value) if isinstance(value, frozenset) else (str(value) if isinstance(value, Path) else list(value))
+        out[name] = value
+    return out

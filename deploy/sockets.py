@@ -20,12 +20,6 @@ class SocketInUse(RuntimeError):
     """Another process answers on the socket path."""
 
 
-def socket_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    base = Path(env.get("HERO_SOCKET_DIR", "~/hero/var/sockets")).expanduser()
-    return base / "hero_aibroker"
-
-
 def _alive(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)

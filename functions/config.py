@@ -58,3 +58,4 @@ class BrokerConfig:
     log_format: str = "json"
     socket_mode: int = 0o660
     shutdown_grace_s: float = 30.0
+    socket_dir: Path = Path("~/hero/var/sockets/hero_aibroker").expanduser()

@@ -87,6 +87,7 @@ def _env(data_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["AIBROKER_DATA_DIR"] = str(data_dir)
+    env["HERO_SOCKET_DIR"] = str(data_dir.parent / "sockets")  # each broker its own sockets
     env.update(extra)
     return env
 
