@@ -114,21 +114,21 @@ class UsageProjection:
         return b
 
     def apply(self, event: Event) -> UsageProjection:
-        if isinstance(event, (RequestAdmitted, UsageRecorded)):
-            if event.event_id in self._seen:
+        kind = type(event)  # exact types: this runs twice per request, on the hot path
+        if kind is RequestAdmitted or kind is UsageRecorded:
+            seen = self._seen
+            if event.event_id in seen:
                 return self
-            self._remember(event.event_id)
-            if isinstance(event, RequestAdmitted):
-                self._admitted(event)
+            seen[event.event_id] = None
+            if len(seen) > self._dedup_window:
+                seen.popitem(last=False)
+            if kind is RequestAdmitted:
+                self._admitted(event)  # type: ignore[arg-type]
             else:
-                self._settled(event)
-        self.last_seq = max(self.last_seq, event.seq)
+                self._settled(event)  # type: ignore[arg-type]
+        if event.seq > self.last_seq:
+            self.last_seq = event.seq
         return self
-
-    def _remember(self, event_id: str) -> None:
-        self._seen[event_id] = None
-        if len(self._seen) > self._dedup_window:
-            self._seen.popitem(last=False)
 
     def _admitted(self, e: RequestAdmitted) -> None:
         b = self.bucket((e.ip, e.context))
