@@ -1,9 +1,11 @@
-"""Broker overhead: the same load straight to the fake upstream and through the broker, as ratios.
+"""What the broker costs on top of the provider call, against the thinnest possible forwarder.
 
-Run: `python bench/broker.py [--seconds 10] [--connections 64]`. Needs `wrk` (Debian package `wrk`);
-a Python load generator on the same 2 cores would measure itself, not the broker. Starts its own
-fake upstream and broker on 127.0.0.1 (free ports, temp data dir) and stops them by PID at the end.
-It prints req/s, p50/p99 latency and the broker's CPU per request (from /proc) for JSON and SSE.
+Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp]`. Needs `wrk`
+(Debian package). In one run, on 127.0.0.1, it starts a fast upstream (`bench/fast_upstream.py`),
+the floor (`bench/floor.py`: uvicorn + aiohttp, bytes in, bytes out) and the broker (`aibroker serve`
+with a custom provider on that upstream, every limit lifted), and measures for JSON and SSE at each
+connection count: (a) straight to the upstream, (b) the floor, (c) the broker — req/s, p50/p90/p99,
+CPU per request (from /proc) — then the broker/floor ratios and the broker's RSS idle and after.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = '{"model":"%s","max_tokens":16,%s"messages":[{"role":"user","content":"Say hello to the benchmark"}]}'
+CONFIG = """providers:
+  bench: {base_url: "%s/v1", keyless: true}
+models:
+  bench/bench-model: {input: "0.10", output: "0.40", context_window: 131072, listed: true, streaming: true}
+limits:
+  default: {requests_per_min: 100000000, tokens_per_min: 100000000000, concurrent: 100000}
+"""
 
 
 def free_port() -> int:
@@ -33,7 +42,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, seconds: float = 20.0) -> None:
+def wait_ready(url: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -55,7 +64,7 @@ def process(cmd: list[str], env: dict[str, str], ready_url: str) -> Iterator[sub
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -66,6 +75,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
 def wrk(url: str, body: str, seconds: int, connections: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -74,7 +94,7 @@ def wrk(url: str, body: str, seconds: int, connections: int) -> dict[str, float]
         script = f.name
     try:
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
-                             capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     finally:
         os.unlink(script)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -85,51 +105,72 @@ def wrk(url: str, body: str, seconds: int, connections: int) -> dict[str, float]
             "requests": float(total.group(1)) if total else 0.0, "errors": float(non2xx.group(1)) if non2xx else 0.0}
 
 
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+def measured(pid: int | None, url: str, body: str, seconds: int, connections: int) -> dict[str, float]:
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    result = wrk(url, body, seconds, connections)
+    if pid:
+        result["cpu_ms"] = (cpu_seconds(pid) - cpu0) * 1000 / max(result["requests"], 1)
+    return result
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--clients", default="aiohttp", help="upstream clients to compare, e.g. aiohttp,httpx")
+    ap.add_argument("--connections", default="16,64")
+    ap.add_argument("--clients", default="aiohttp", help="broker upstream clients to run, e.g. aiohttp,httpx")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("bench/broker.py needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
+    conns = [int(c) for c in args.connections.split(",")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fake_port = free_port()
-    fake_url = f"http://127.0.0.1:{fake_port}"
-    print(f"# bench/broker.py  {time.strftime('%Y-%m-%d')}  nproc={os.cpu_count()}  "
-          f"{args.connections} connections, {args.seconds}s per run, wrk -t2")
-    rows = []
-    with process([sys.executable, "-m", "functions.fake_upstream", "--port", str(fake_port), "--log-level",
-                  "warning", "--no-access-log"], env, f"{fake_url}/fakeai/v1/models"):
+    up_port, floor_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    print(f"# bench/broker.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}  wrk -t2, {args.seconds}s per run; "
+          "upstream, floor, broker and wrk share the machine")
+    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    rss: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, \
+            process([sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], env,
+                    f"{upstream}/v1/models"), \
+            process([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(floor_port), "--upstream", upstream],
+                    env, f"http://127.0.0.1:{floor_port}/v1/models") as floor:
+        Path(tmp, "models.yml").write_text(CONFIG % upstream)
         for client in args.clients.split(","):
-            broker_port = free_port()
-            broker_env = {**env, "UPSTREAM_CLIENT": client, "MODELS_CONFIG_PATH": str(ROOT / "bench" / "unlimited.yml")}
-            with tempfile.TemporaryDirectory() as data, process(
-                [sys.executable, "-m", "deploy.cli", "serve", "--port", str(broker_port), "--admin", "off",
-                 "--no-sockets", "--fake-url", fake_url],
-                {**broker_env, "AIBROKER_DATA_DIR": data, "HERO_SOCKET_DIR": data + "/sockets"},
-                f"http://127.0.0.1:{broker_port}/ready",
-            ) as broker:
-                for label, stream in (("json", ""), ("sse", '"stream":true,')):
-                    direct = wrk(f"{fake_url}/fakeai/v1/chat/completions", BODY % ("fake-small", stream),
-                                 args.seconds, args.connections)
-                    cpu0 = cpu_seconds(broker.pid)
-                    via = wrk(f"http://127.0.0.1:{broker_port}/v1/chat/completions", BODY % ("auto", stream),
-                              args.seconds, args.connections)
-                    cpu_ms = (cpu_seconds(broker.pid) - cpu0) * 1000 / max(via["requests"], 1)
-                    rows.append((f"{label}/{client}", direct, via, cpu_ms))
-    print(f"{'mode/client':14} {'target':8} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for label, direct, via, cpu_ms in rows:
-        for name, r in (("upstream", direct), ("broker", via)):
-            print(f"{label:14} {name:8} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {r['errors']:8.0f}")
-        print(f"{label:14} ratio    broker/upstream req/s = {via['rps'] / direct['rps']:.2f}, "
-              f"p99 ratio = {via['p99'] / max(direct['p99'], 1e-9):.2f}, broker CPU per request = {cpu_ms:.2f} ms")
+            port = free_port()
+            broker_env = {**env, "AIBROKER_DATA_DIR": f"{tmp}/data-{client}", "UPSTREAM_CLIENT": client,
+                          "MODELS_CONFIG_PATH": f"{tmp}/models.yml"}
+            cmd = [sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--admin", "off", "--no-sockets"]
+            with process(cmd, broker_env, f"http://127.0.0.1:{port}/ready") as broker:
+                idle = rss_mib(broker.pid)
+                for mode, stream in (("json", ""), ("sse", '"stream":true,')):
+                    for c in conns:
+                        if client == args.clients.split(",")[0]:
+                            rows.append((mode, "upstream", c, measured(None, f"{upstream}/v1/chat/completions",
+                                                                       BODY % ("bench-model", stream), args.seconds, c)))
+                            rows.append((mode, "floor", c, measured(floor.pid, f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+                                                                    BODY % ("bench-model", stream), args.seconds, c)))
+                        rows.append((mode, f"broker/{client}", c, measured(broker.pid, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                                          BODY % ("auto", stream), args.seconds, c)))
+                rss[client] = (idle, rss_mib(broker.pid))
+    report(rows, rss)
     return 0
+
+
+def report(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, tuple[float, float]]) -> None:
+    print(f"{'mode':5} {'target':15} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'non-2xx':>8}")
+    for mode, target, c, r in rows:
+        cpu = f"{r['cpu_ms']:10.3f}" if "cpu_ms" in r else f"{'':>10}"
+        print(f"{mode:5} {target:15} {c:5d} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {cpu} {r['errors']:8.0f}")
+    print("ratios broker / floor (same mode, same connections):")
+    floors = {(m, c): r for m, t, c, r in rows if t == "floor"}
+    for mode, target, c, r in rows:
+        if target.startswith("broker/"):
+            f = floors[(mode, c)]
+            print(f"  {mode:5} {target:15} c={c:<3} req/s {r['rps'] / f['rps']:.2f}   p99 {r['p99'] / max(f['p99'], 1e-9):.2f}   "
+                  f"CPU/req {r['cpu_ms'] / max(f['cpu_ms'], 1e-9):.2f}")
+    for client, (idle, after) in rss.items():
+        print(f"broker/{client} RSS: idle {idle:.1f} MiB, after the runs {after:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ defaults; money is integer micro-USD; no prompt text and no secrets, ever. The l
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -242,6 +242,17 @@ def encode(event: Event) -> bytes:
 def decode(data: bytes | str) -> Event:
     """Decode and validate one event; raises `msgspec.ValidationError` naming the bad path."""
     return _decoder.decode(data)  # type: ignore[no-any-return]
+
+
+_typed_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+
+
+def validate(event: Event, data: bytes) -> None:
+    """Check `data` (the event's own JSON) against its type's constraints; raises ValidationError."""
+    decoder = _typed_decoders.get(type(event))
+    if decoder is None:
+        decoder = _typed_decoders[type(event)] = msgspec.json.Decoder(type(event))
+    decoder.decode(data)
 
 
 def kind_of(event: Event) -> str:

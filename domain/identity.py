@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from collections.abc import Sequence
 
 from msgspec import Struct
@@ -51,6 +52,7 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
 
 
+@lru_cache(maxsize=8192)
 def _parse(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = addr.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]" or "[2001:db8::1]:443"

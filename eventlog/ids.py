@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import time
+
+
+_rng = random.Random(os.urandom(32))  # ids need uniqueness, not secrecy: no syscall per id
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))  # a forked child must not repeat ids
 
 
 def uuid7(now_us: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits."""
     ms = (time.time_ns() // 1_000_000) if now_us is None else now_us // 1000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _rng.getrandbits(80)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
     value |= ((rand >> 62) & 0xFFF) << 64  # rand_a (12 bits)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from msgspec.structs import replace
 
-from domain.events import Event, decode, encode
+from domain.events import Event, encode, validate
 
 
 class Stamper:
@@ -35,7 +35,7 @@ class Stamper:
                 continue
             stamped = replace(event, seq=seq)
             line = encode(stamped)
-            decode(line)  # validates constraints; raises msgspec.ValidationError naming the path
+            validate(event, line)  # constraints; raises msgspec.ValidationError naming the path
             batch_ids[event.event_id] = seq
             out.append(stamped)
             lines.append(line + b"\n")

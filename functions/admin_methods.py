@@ -196,6 +196,7 @@ async def providers_set_enabled(ctx: AdminContext, p: SetEnabled) -> dict[str, A
                                                 provider=p.name, enabled=p.enabled, actor=p.actor or ctx.actor,
                                                 reason=p.reason)])
     provider.enabled = p.enabled
+    ctx.state.health_changed()
     return {"name": p.name, "enabled": p.enabled}
 
 

@@ -14,7 +14,7 @@ from eventlog.base import EventLog
 from functions.config import BrokerConfig
 from functions.errors import BrokerError, error_body
 from functions.models import get_model, get_model_unprefixed, list_models, list_models_unprefixed
-from functions.openai_api import proxy_handlers
+from functions.openai_api import FastPath, proxy_handlers
 from functions.runtime import runtime_lifespan
 from functions.state import BrokerState
 
@@ -75,10 +75,11 @@ def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,
     for a router that strips `/hero_aibroker/v1` before forwarding.
     """
     extra = [*proxy_handlers(prefix=""), list_models_unprefixed, get_model_unprefixed] if unprefixed else []
-    return Litestar(
+    app = Litestar(
         route_handlers=[*proxy_handlers(), list_models, get_model, health, ready, index, *extra],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
         exception_handlers={Exception: _openai_error},
         openapi_config=None,
         debug=False,
     )
+    return FastPath(app, ("/v1", "") if unprefixed else ("/v1",))  # type: ignore[return-value]

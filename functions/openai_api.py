@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import Any
 
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
@@ -148,6 +149,34 @@ def _endpoint(endpoint: str, path: str, parse: Callable[[bytes], ParsedRequest])
 
     handler.__name__ = path.replace("/", "_")
     return asgi(endpoint, copy_scope=False)(handler)
+
+
+PROXIED = {"chat/completions": parse_chat, "completions": parse_completion, "embeddings": parse_embedding}
+
+
+class FastPath:
+    """The proxy endpoints straight off the ASGI scope; everything else goes to the Litestar app.
+
+    Litestar's router and request objects cost more per call than the rest of the broker's own
+    work on the hot path; the proxy handlers never needed them. The Litestar app stays the
+    application (state, lifespan, every other route) and is what `scope["app"]` points at.
+    """
+
+    def __init__(self, app: Any, prefixes: tuple[str, ...] = ("/v1",)) -> None:
+        self.app = app
+        self.routes = {f"{prefix}/{path}": (f"{prefix}/{path}", path, parse)
+                       for prefix in prefixes for path, parse in PROXIED.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hit = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if hit is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        await proxy(scope, receive, send, *hit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
 
 
 def proxy_handlers(prefix: str = "/v1") -> list[ASGIRouteHandler]:

@@ -176,6 +176,7 @@ async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: st
         provider.keys.report(index, status, now_s, retry_after)
         if status is None or status >= 500:
             call.state.backoff.failed(offer.key, now_s)
+        call.state.health_changed()
         provider.keys.release(index)
         call.failures.append(f"{offer.key}: {error}")
         call.state.submit([call.event(

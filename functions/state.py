@@ -72,16 +72,24 @@ class BrokerState:
         self.accepting = True
         self.billing_lock = asyncio.Lock()
         self.backoff = Backoff()
+        self._down: frozenset[str] = frozenset()
+        self._down_at = -1.0
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
 
     def route(self, request: RouteRequest, key: tuple[str, str]) -> tuple[RouteDecision | NoRoute, str]:
         policy = self.admission.policy(key)
         strategy = policy.strategy or self.config.routing_strategy
         now_s = time.monotonic()
-        down = unhealthy(self.providers, now_s) | self.backoff.resting(now_s)
+        if now_s - self._down_at > 0.05:  # health changes on a scale of seconds: recompute ≤ 20×/s
+            self._down, self._down_at = unhealthy(self.providers, now_s) | self.backoff.resting(now_s), now_s
+        down = self._down
         decision = route(self.catalog.catalog, request, unhealthy=down, policy=policy, strategy=strategy,
                          expected_output_tokens=self.config.expected_output_tokens, observed_ttft_us=self.ttft_us)
         return decision, strategy
+
+    def health_changed(self) -> None:
+        """A key or offer just failed: the next routing decision must see it."""
+        self._down_at = -1.0
 
     def observe(self, usage: UsageRecorded) -> None:
         """Settle the reservation and keep time-to-first-token current (a 1/8 moving average)."""

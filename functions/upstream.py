@@ -85,14 +85,20 @@ class AiohttpUpstream:
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s,
+                                          sock_read=max(timeouts.idle_s, timeouts.first_byte_s)),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        """`sock_read` already bounds the wait for the first byte; a separate, shorter first-byte
+        limit costs a timer per call, so it is armed only when configured below the idle limit."""
         try:
-            async with asyncio.timeout(self._timeouts.first_byte_s):
+            if self._timeouts.first_byte_s < self._timeouts.idle_s:
+                async with asyncio.timeout(self._timeouts.first_byte_s):
+                    resp = await self._session.post(url, data=body, headers=headers)
+            else:
                 resp = await self._session.post(url, data=body, headers=headers)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no response within {self._timeouts.first_byte_s:g}s") from exc
