@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import hashlib
 import ipaddress
@@ -83,6 +84,15 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1_000)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Give memory freed after start-up (the rebuild's DuckDB and Arrow buffers) back to the OS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _bind(listener: Listener, socket_mode: int) -> socket.socket:

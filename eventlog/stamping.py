@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from msgspec.structs import replace
@@ -17,7 +18,7 @@ class Stamper:
 
     def __init__(self, next_seq: int = 1, window: int = 200_000) -> None:
         self.next_seq = next_seq
-        self._recent: dict[str, int] = {}
+        self._recent: OrderedDict[str, int] = OrderedDict()  # oldest first: O(1) eviction
         self._window = window
 
     def prepare(self, events: Sequence[Event]) -> tuple[list[Event], list[bytes]]:
@@ -50,11 +51,10 @@ class Stamper:
         self._remember(ids)
 
     def _remember(self, ids: dict[str, int]) -> None:
-        self._recent.update(ids)
-        overflow = len(self._recent) - self._window
-        if overflow > 0:
-            for key in list(self._recent)[:overflow]:
-                del self._recent[key]
+        recent = self._recent
+        recent.update(ids)
+        while len(recent) > self._window:
+            recent.popitem(last=False)
 
     def forget_from(self, seq: int) -> None:
         """Roll back stamping after a failed write so `seq` stays gapless."""
