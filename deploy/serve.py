@@ -72,7 +72,7 @@ class _Server(uvicorn.Server):
 
 def _server(app: object, log_level: str, grace_s: float) -> uvicorn.Server:
     cfg = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http="httptools",
-                         loop="none", timeout_graceful_shutdown=int(grace_s), log_config=None,
+                         loop="none", timeout_graceful_shutdown=grace_s, log_config=None,  # type: ignore[arg-type]
                          proxy_headers=False)  # the broker alone decides the ip, from TRUSTED_PROXIES
     return _Server(cfg)
 
@@ -132,11 +132,12 @@ async def reload_config(state: BrokerState, path: str | None) -> None:
         for scope, settings in settings_from_config(fresh.limits):
             book.set(scope, settings, none_means_unlimited=True)
         rebuild_policy(state.config.data_dir, book)
+        state.catalog.check_overrides(fresh.model_overrides)  # validate everything before applying any
         state.catalog.overrides = dict(fresh.model_overrides)
         state.admission.replace_book(book)
         await state.catalog.refresh(state.log)
-    except (SettingsError, OSError, ValueError) as exc:
-        error = str(exc)[:500]
+    except Exception as exc:  # a bad file must never take the running broker down
+        error = f"{type(exc).__name__}: {exc}"[:500]
         log.error("reloading %s failed, keeping the running configuration: %s", path, error)
     await state.log.append([ConfigReloaded(event_id=uuid7(), ts_us=now_us(), source=state.config.source,
                                            path=path or "", sha256=digest, ok=not error, error=error)])
@@ -213,7 +214,7 @@ def main(args: Any) -> int:
                   "(set ADMIN_TOKEN, or keep it on loopback)", file=sys.stderr)
             return 2
     if any(lst.surface in ("rpc", "ui") and lst.is_tcp for lst in plan) and not config.admin_token:
-        print("aibroker: ADMIN_TOKEN is not set: admin over TCP answers loopback callers only", file=sys.stderr)
+        log.warning("ADMIN_TOKEN is not set: admin over TCP answers loopback callers only")
     if not config.providers and not fake:
         print(NO_KEYS, file=sys.stderr)
         return 2
@@ -227,7 +228,7 @@ def main(args: Any) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return runner(run(replace(config), plan, fake=fake, fake_url=args.fake_url, log_level=args.log_level or "warning",
+        return runner(run(replace(config), plan, fake=fake, fake_url=args.fake_url, log_level=args.log_level or config.log_level,
                           socket_mode=config.socket_mode, grace_s=config.shutdown_grace_s))
     except SocketInUse as exc:
         print(f"aibroker: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from domain.catalog import check_spec
 from domain.identity import IdentityError, context_of, parse_networks
 from domain.limits import settings_from_config
 from domain.routing import STRATEGIES
@@ -97,6 +98,10 @@ def _overrides(models: Any) -> dict[str, dict[str, Any]]:
         for field in ("input", "output", "cached"):
             if field in converted:
                 converted[field] = usd_per_mtok(converted[field], f"modelsconfig.yml models[{key!r}].{field}")
+        try:
+            check_spec(f"modelsconfig.yml models[{key!r}]", converted)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         out[str(key)] = converted
     return out
 

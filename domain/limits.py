@@ -93,11 +93,16 @@ def settings_from_config(doc: Mapping[str, Any]) -> list[tuple[Scope, dict[str, 
     Shape: {default: {...}, contexts: {C: {...}}, ips: {IP: {...}}, buckets: {"IP|C": {...}}};
     budgets in USD as `budget_daily_usd` / `budget_monthly_usd` strings or micro-USD integers.
     """
+    if not isinstance(doc, Mapping):
+        raise ValueError("limits: must be a mapping with default, contexts, ips, buckets")
     out: list[tuple[Scope, dict[str, Any]]] = []
     if "default" in doc:
         out.append((("default", "", ""), _settings("limits.default", doc["default"])))
     for name, scope in (("contexts", "context"), ("ips", "ip"), ("buckets", "bucket")):
-        for target, spec in (doc.get(name) or {}).items():
+        section = doc.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise ValueError(f"limits.{name} must be a mapping of names to settings")
+        for target, spec in section.items():
             if scope == "bucket" and (str(target).count("|") != 1 or str(target).startswith("|") or str(target).endswith("|")):
                 raise ValueError(f"limits.buckets[{target!r}]: a bucket key is 'IP|CONTEXT'")
             ip, _, ctx = str(target).partition("|") if scope == "bucket" else (str(target), "", str(target))
@@ -116,7 +121,7 @@ def _settings(where: str, spec: Any) -> dict[str, Any]:
         name = {"budget_daily_usd": "budget_daily_micros", "budget_monthly_usd": "budget_monthly_micros"}.get(key, key)
         if name not in SETTINGS:
             raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(SETTINGS)}")
-        if key.endswith("_usd"):
+        if key.endswith("_usd") and value is not None:  # null: no budget
             value = usd_to_micros(value, f"{where}.{key}")
         if name in LIMIT_FIELDS and value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"{where}.{key} must be an integer >= 0 or null, got {value!r}")
@@ -137,6 +142,8 @@ def usd_to_micros(value: Any, where: str) -> int:
         micros = Decimal(str(value)) * 1_000_000
     except InvalidOperation:
         raise ValueError(f"{where}: {value!r} is not an amount in USD") from None
+    if not micros.is_finite():
+        raise ValueError(f"{where}: {value!r} is not a finite amount in USD")
     if micros < 0 or micros != micros.to_integral_value():
         raise ValueError(f"{where}: {value!r} must be >= 0 with at most 6 decimals")
     return int(micros)

@@ -101,7 +101,7 @@ class Headroom:
 class UsageProjection:
     """All buckets. Duplicate events (same `event_id`) are ignored within a large recent window."""
 
-    def __init__(self, dedup_window: int = 1_000_000) -> None:
+    def __init__(self, dedup_window: int = 100_000) -> None:
         self.buckets: dict[BucketKey, Bucket] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedup_window = dedup_window

@@ -113,7 +113,7 @@ def create_admin_app(config: BrokerConfig, *, event_log: EventLog | None = None,
     return Litestar(
         route_handlers=[rpc, openrpc_json, health, ready, metrics, heroservice],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
-        openapi_config=None,
+        openapi_config=None, logging_config=None,
         debug=False,
     )
 

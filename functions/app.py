@@ -79,7 +79,7 @@ def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,
         route_handlers=[*proxy_handlers(), list_models, get_model, health, ready, index, *extra],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
         exception_handlers={Exception: _openai_error},
-        openapi_config=None,
+        openapi_config=None, logging_config=None,
         debug=False,
     )
     return FastPath(app, ("/v1", "") if unprefixed else ("/v1",))  # type: ignore[return-value]

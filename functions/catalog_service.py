@@ -35,6 +35,10 @@ class CatalogService:
         self.loaded = False
         self.on_change: list[Callable[[Catalog], None]] = []
 
+    def check_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+        """Raise ValueError (naming the key) if these overrides cannot build a catalog."""
+        build_catalog(self.listings, REGISTRY, overrides, price_version_of(REGISTRY_DATE, overrides))
+
     async def _discover(self, provider: Provider) -> list[ModelInfo]:
         if provider.name in self.static:
             return [ModelInfo(id=m["id"]) for m in self.static[provider.name]]

@@ -29,6 +29,16 @@ class ParsedRequest:
     prompt_chars: int
 
 
+def _shown(value: Any) -> str:
+    """A wrong value as an error may show it: small numbers and booleans as they are, anything else
+    by its type only — a misplaced prompt must never reach the log through an error message."""
+    if isinstance(value, (bool, int, float)) and len(repr(value)) <= 24:
+        return repr(value)
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters" if value else "an empty string"
+    return f"a {type(value).__name__}" if value is not None else "null"
+
+
 def _bad(message: str, param: str | None) -> BrokerError:
     return BrokerError("invalid_request", message, param=param)
 
@@ -68,7 +78,7 @@ def _int_param(body: dict[str, Any], name: str, minimum: int) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise _bad(f"'{name}' must be an integer >= {minimum}, got {value!r}", name)
+        raise _bad(f"'{name}' must be an integer >= {minimum}, got {_shown(value)}", name)
     if value > MAX_TOKENS_PARAM:
         raise _bad(f"'{name}' must be at most {MAX_TOKENS_PARAM}, got {value}", name)
     return value
@@ -77,11 +87,11 @@ def _int_param(body: dict[str, Any], name: str, minimum: int) -> int | None:
 def _common(body: dict[str, Any]) -> tuple[str | None, bool, int | None]:
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise _bad(f"'model' must be a non-empty string, got {model!r}", "model")
+        raise _bad(f"'model' must be a non-empty string, got {_shown(model)}", "model")
     stream = body.get("stream")
     stream = False if stream is None else stream
     if not isinstance(stream, bool):
-        raise _bad(f"'stream' must be a boolean, got {stream!r}", "stream")
+        raise _bad(f"'stream' must be a boolean, got {_shown(stream)}", "stream")
     max_tokens = _int_param(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int_param(body, "max_tokens", 1)

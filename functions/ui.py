@@ -68,7 +68,7 @@ async def page(request: Request[Any, Any, Any]) -> Response[str]:
 def create_ui_app(config: BrokerConfig, *, event_log: EventLog | None = None,
                   runtime: BrokerState | None = None) -> Litestar:
     return Litestar(route_handlers=[page, health, ready], lifespan=[runtime_lifespan(config, runtime, event_log)],
-                    openapi_config=None, debug=False)
+                    openapi_config=None, logging_config=None, debug=False)
 
 
 app = DeferredApp(create_ui_app)

@@ -179,3 +179,72 @@ def signal_and_reap(broker: Broker, sig: int, timeout_s: float = STOP_TIMEOUT_S)
 
     os.kill(broker.pid, signal.SIGKILL)  # still by PID
     return os.waitpid(broker.pid, 0)[1]
+
+
+# ---- processes beside `start_broker`: sockets, refusals at start, standalone functions -------------
+
+
+def socket_dir_of(broker: Broker) -> Path:
+    """The broker's socket folder, when `start_broker` chose it (`HERO_SOCKET_DIR=<workdir>/sockets`)."""
+    return broker.data_dir.parent / "sockets" / "hero_aibroker"
+
+
+def uds_client(path: Path, **kwargs: Any) -> httpx.Client:
+    """An httpx client whose every request goes over the Unix socket at `path` (the host is ignored)."""
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://x",
+                        timeout=CLIENT_TIMEOUT_S, **kwargs)
+
+
+def broker_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `start_broker` gives its broker (sockets beside `data_dir` unless `extra` says)."""
+    return _env(data_dir, extra or {})
+
+
+def serve_until_exit(workdir: Path, env: Mapping[str, str] | None = None,
+                     timeout_s: float = READY_TIMEOUT_S) -> tuple[int | None, str, float]:
+    """`serve --fake` on fresh TCP ports, expected to refuse to start: (exit code, stderr, seconds).
+
+    The exit code is None when it was still running after `timeout_s` (then it is stopped by PID).
+    """
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "deploy.cli", "serve", "--fake", "--host", "127.0.0.1",
+               "--port", str(free_port()), "--admin", f"127.0.0.1:{free_port()}"]
+    started = time.monotonic()
+    with subprocess.Popen(command, cwd=REPO_ROOT, env=_env(data_dir, env or {}), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+            code: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            _, err = proc.communicate()
+            code = None
+    return code, err.decode(errors="replace"), time.monotonic() - started
+
+
+@contextmanager
+def running(command: list[str], env: Mapping[str, str], log_path: Path,
+            cwd: Path = REPO_ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """Any process (a fake upstream, `uvicorn functions.chat:app`, …), output in `log_path`, stopped by PID."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S, every_s: float = 0.05) -> bool:
+    """`check()` (exceptions count as False) until it is True or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every_s)

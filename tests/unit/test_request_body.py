@@ -82,9 +82,9 @@ def test_the_model_is_taken_as_given(model: str) -> None:
 
 @pytest.mark.parametrize(("fields", "param", "says"), [
     ({"model": 5}, "model", "'model' must be a non-empty string, got 5"),
-    ({"model": ""}, "model", "'model' must be a non-empty string, got ''"),
+    ({"model": ""}, "model", "'model' must be a non-empty string, got an empty string"),
     ({"model": ["a"]}, "model", "'model' must be a non-empty string"),
-    ({"stream": "yes"}, "stream", "'stream' must be a boolean, got 'yes'"),
+    ({"stream": "yes"}, "stream", "'stream' must be a boolean, got a string of 3 characters"),
     ({"stream": 1}, "stream", "'stream' must be a boolean, got 1"),
     ({"max_tokens": -1}, "max_tokens", "'max_tokens' must be an integer >= 1, got -1"),
     ({"max_tokens": 0}, "max_tokens", "'max_tokens' must be an integer >= 1, got 0"),
