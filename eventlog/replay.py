@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from domain.events import Event
@@ -22,24 +24,34 @@ def _where(after_seq: int, since_ts_us: int | None, kinds: Iterable[str] | None)
     return " AND ".join(clauses)
 
 
+@contextmanager
+def reading(data_dir: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The given connection (one snapshot shared by several reads), or a fresh one closed after."""
+    if con is not None:
+        yield con
+        return
+    own = connect(data_dir, locked_down=False)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
 def replay_batches(data_dir: str | Path, *, after_seq: int = 0, since_ts_us: int | None = None,
                    kinds: Iterable[str] | None = None, columns: Iterable[str] | None = None,
-                   batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+                   batch_rows: int = 200_000, con: duckdb.DuckDBPyConnection | None = None) -> Iterator[pa.RecordBatch]:
     """Record batches in `seq` order; `columns` picks the few a projection needs."""
-    con = connect(data_dir, locked_down=False)
-    try:
+    with reading(data_dir, con) as db:
         cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
         sql = f"SELECT {cols} FROM events WHERE {_where(after_seq, since_ts_us, kinds)} ORDER BY seq"
-        yield from con.sql(sql).to_arrow_reader(batch_rows)
-    finally:
-        con.close()
+        yield from db.sql(sql).to_arrow_reader(batch_rows)
 
 
 def replay_events(data_dir: str | Path, *, after_seq: int = 0, since_ts_us: int | None = None,
-                  kinds: Iterable[str] | None = None) -> Iterator[Event]:
+                  kinds: Iterable[str] | None = None, con: duckdb.DuckDBPyConnection | None = None) -> Iterator[Event]:
     """Typed events in `seq` order, each `event_id` once (the first time it was logged)."""
     seen: set[str] = set()
-    for batch in replay_batches(data_dir, after_seq=after_seq, since_ts_us=since_ts_us, kinds=kinds):
+    for batch in replay_batches(data_dir, after_seq=after_seq, since_ts_us=since_ts_us, kinds=kinds, con=con):
         for event in table_to_events(pa.Table.from_batches([batch])):
             if event.event_id not in seen:
                 seen.add(event.event_id)

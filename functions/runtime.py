@@ -20,6 +20,7 @@ from eventlog.base import EventLog
 from eventlog.filelog import FileEventLog
 from eventlog.ids import now_us
 from eventlog.projections import rebuild_policy, rebuild_switches, rebuild_ttft, rebuild_usage
+from eventlog.replay import reading
 from functions.config import BrokerConfig
 from functions.state import BrokerState
 
@@ -30,10 +31,12 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
     for scope, settings in settings_from_config(config.limits):
         book.set(scope, settings, none_means_unlimited=True)
     if data_dir is not None:
-        rebuild_policy(data_dir, book)
-        rebuild_usage(data_dir, now_us(), state.admission.usage)
-        state.ttft_us.update(rebuild_ttft(data_dir, now_us()))
-        for name, enabled in rebuild_switches(data_dir).items():
+        with reading(data_dir) as con:  # one snapshot for every projection
+            rebuild_policy(data_dir, book, con)
+            rebuild_usage(data_dir, now_us(), state.admission.usage, con)
+            state.ttft_us.update(rebuild_ttft(data_dir, now_us(), con=con))
+            switches = rebuild_switches(data_dir, con)
+        for name, enabled in switches.items():
             if name in state.providers:
                 state.providers[name].enabled = enabled
 
