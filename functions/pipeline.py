@@ -7,7 +7,6 @@ one `usage.recorded` on every path — success, upstream error, stream cut, clie
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable

@@ -22,7 +22,7 @@ from eventlog.columnar import table_to_events, wal_to_table
 from eventlog.filelog import FileEventLog
 from eventlog.replay import replay_events
 from eventlog.wal import WAL_DIR, wal_name
-from tests.property.event_strategies import KIND_STRATEGIES, any_event, event_lists, events_of
+from tests.property.event_strategies import KIND_STRATEGIES, event_lists, events_of
 
 FILE_IO = settings(max_examples=30, deadline=None)  # each example opens a real log on disk
 TIMEOUT_S = 60.0
