@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from eventlog import manifest as mf
 from eventlog.fsutil import publish
+from eventlog.reader import DUCKDB_CONFIG
 from eventlog.segments import Sealer, columns_id
 
 MAX_PARTS = 8
@@ -63,7 +64,7 @@ def compact(sealer: Sealer, now_s: float | None = None) -> int:
     written: list[mf.FileEntry] = []
     replaced: set[str] = set()
     if segments:
-        con = duckdb.connect()
+        con = duckdb.connect(config=DUCKDB_CONFIG)
         try:
             seg_paths = [data_dir / f.path for f in segments]
             days = [r[0].isoformat() for r in con.execute(

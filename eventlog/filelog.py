@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
+
 from domain.events import Event
 from eventlog import compaction
 from eventlog.base import EventLogClosed, EventLogFailed
@@ -192,6 +194,7 @@ class FileEventLog:
                 self.sealer.seal(path)
             if compaction.segments_waiting(self.sealer) >= self._compact_after:
                 compaction.compact(self.sealer)
+            pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed buffers otherwise
         except Exception:  # keep the WAL file; the next rotation or recovery seals it
             log.exception("sealing the WAL into Parquet failed; will retry")
 

@@ -31,6 +31,12 @@ class Snapshot:
         return [self.data_dir / f.path for f in self.manifest.files]
 
 
+# A broker process runs short queries beside the request path: give memory back promptly instead of
+# keeping DuckDB's allocator caches (they made the broker's RSS creep up by ~25 % over a 1e6-request soak).
+DUCKDB_CONFIG = {"threads": 2, "memory_limit": "1GB", "allocator_flush_threshold": "16MB",
+                 "allocator_bulk_deallocation_flush_threshold": "16MB"}
+
+
 def take_snapshot(data_dir: str | Path, attempts: int = 50) -> Snapshot:
     root = Path(data_dir).expanduser()
     for _ in range(attempts):
@@ -58,7 +64,7 @@ def connect(data_dir: str | Path, *, locked_down: bool = True,
     `locked_down`: no file access outside the data directory, no extensions, settings frozen.
     """
     snap = snapshot or take_snapshot(data_dir)
-    con = duckdb.connect(":memory:", config={"threads": 2})
+    con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
     con.register("_tail_arrow", snap.tail)
     con.execute("CREATE TABLE wal_tail AS SELECT * FROM _tail_arrow")
     con.unregister("_tail_arrow")
