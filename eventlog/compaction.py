@@ -20,6 +20,9 @@ from eventlog.reader import DUCKDB_CONFIG
 from eventlog.segments import Sealer, columns_id
 
 MAX_PARTS = 8
+# Compaction runs inside the broker: bounded memory and one thread (it spills to disk past the limit),
+# so merging a few million rows never costs the request path a gigabyte or a core.
+COMPACTION_LIMITS = {"memory_limit": "256MB", "threads": 1}
 
 
 def segments_waiting(sealer: Sealer) -> int:
@@ -64,7 +67,8 @@ def compact(sealer: Sealer, now_s: float | None = None) -> int:
     written: list[mf.FileEntry] = []
     replaced: set[str] = set()
     if segments:
-        con = duckdb.connect(config=DUCKDB_CONFIG)
+        con = duckdb.connect(config={**DUCKDB_CONFIG, **COMPACTION_LIMITS,
+                                     "temp_directory": str(data_dir / "spill")})
         try:
             seg_paths = [data_dir / f.path for f in segments]
             days = [r[0].isoformat() for r in con.execute(
