@@ -38,6 +38,7 @@ class FileEventLog:
         self.data_dir = data_dir
         self._rotate_events, self._rotate_s = rotate_events, rotate_s
         self._max_pending, self._compact_after = max_pending, compact_after
+        self._compact_in_child = True
         self._pending: list[tuple[bytes, int, asyncio.Future[None]]] = []
         self._pending_events = 0
         self._wake = asyncio.Event()
@@ -57,11 +58,13 @@ class FileEventLog:
 
     @classmethod
     async def open(cls, data_dir: str | Path, *, rotate_events: int = 10_000, rotate_s: float = 1.0,
-                   max_pending: int = 65_536, compact_after: int = 256) -> FileEventLog:
+                   max_pending: int = 65_536, compact_after: int = 256,
+                   compact_in_child: bool = True) -> FileEventLog:
         path = Path(data_dir).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         self = cls(path, rotate_events=rotate_events, rotate_s=rotate_s,
                    max_pending=max_pending, compact_after=compact_after)
+        self._compact_in_child = compact_in_child  # automatic compaction: DuckDB stays out of this process
         self._lock_fd = lock_writer(path)
         try:
             next_seq = await asyncio.to_thread(recover, path, self.sealer)
@@ -193,7 +196,7 @@ class FileEventLog:
             for path in wal_files(self.data_dir)[:-1]:  # the newest file is the live one
                 self.sealer.seal(path)
             if compaction.segments_waiting(self.sealer) >= self._compact_after:
-                compaction.compact(self.sealer)
+                compaction.compact(self.sealer, in_child=self._compact_in_child)
             pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed buffers otherwise
         except Exception:  # keep the WAL file; the next rotation or recovery seals it
             log.exception("sealing the WAL into Parquet failed; will retry")
