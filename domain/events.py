@@ -70,8 +70,9 @@ class RouteDecided(Event, frozen=True, kw_only=True, tag="route.decided.v1"):
     model: str = ""
     reason: str = ""
     price_version: str = ""
-    candidates: list[Candidate] = []
+    candidates: list[Candidate] = []  # eligible first, in the order tried; at most the first 32
     fallbacks: list[str] = []
+    candidates_total: NonNegative = 0  # how many offers were considered in all
 
 
 class RequestAdmitted(Event, frozen=True, kw_only=True, tag="request.admitted.v1"):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from domain.catalog import Catalog, ModelInfo, build_catalog, price_version_of
+from domain.catalog import Catalog, ModelInfo, build_catalog, price_version_of, unmatched_overrides
 from domain.events import CatalogRefreshed
 from domain.price_registry import REGISTRY, REGISTRY_DATE
 from eventlog.base import EventLog
@@ -66,6 +66,10 @@ class CatalogService:
                 self.listings[name] = result
         version = price_version_of(REGISTRY_DATE, self.overrides)
         catalog = build_catalog(self.listings, REGISTRY, self.overrides, version)
+        unmatched = unmatched_overrides(catalog, self.overrides)
+        if unmatched:
+            log.warning("modelsconfig.yml overrides that match no offer (typo, or provider not enabled): %s",
+                        ", ".join(unmatched))
         self.catalog = catalog
         self.loaded = True
         for hook in self.on_change:

@@ -16,10 +16,10 @@ from typing import Any
 from domain.catalog import Offer
 from domain.cost import cost_micros
 from domain.events import (
-    Candidate, Event, RequestAdmitted, RequestReceived, RequestRejected, RouteDecided,
+    Event, RequestAdmitted, RequestReceived, RequestRejected, RouteDecided,
     UpstreamAttempted, UpstreamFailed, UsageRecorded,
 )
-from domain.routing import NoRoute, RouteDecision
+from domain.routing import NoRoute, RouteDecision, event_candidates
 from eventlog.ids import now_us, uuid7
 from functions.errors import BrokerError, sse_error
 from functions.providers import Provider
@@ -28,6 +28,7 @@ from functions.state import BrokerState
 from functions.upstream import UpstreamConnectError, UpstreamResponse, UpstreamTimeout
 from functions.usage_capture import SseScanner, Usage, estimate_completion_tokens, text_chars, usage_of_body
 
+RECORDED_CANDIDATES = 32  # a 300-model catalog must not put 300 candidates in every request's event
 RETRYABLE = frozenset({401, 403, 408, 409, 429})  # plus every 5xx
 
 
@@ -83,18 +84,15 @@ def received(call: Call) -> RequestReceived:
                       prompt_tokens_est=p.route.prompt_tokens_est, max_tokens=p.route.max_tokens)
 
 
-def _candidates(considered: tuple[Any, ...]) -> list[Candidate]:
-    return [Candidate(provider=c.offer.provider, model=c.offer.model, est_cost_micros=c.est_cost_micros,
-                      eligible=c.eligible, reason=c.reason) for c in considered]
-
-
 def decided(call: Call, decision: RouteDecision | NoRoute, strategy: str, price_version: str) -> RouteDecided:
     if isinstance(decision, NoRoute):
         return call.event(RouteDecided, strategy=strategy, reason=decision.message, price_version=price_version,
-                          candidates=_candidates(decision.candidates))
+                          candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
+                          candidates_total=len(decision.candidates))
     return call.event(RouteDecided, strategy=decision.strategy, provider=decision.chosen.provider,
                       model=decision.chosen.model, reason=decision.reason, price_version=price_version,
-                      candidates=_candidates(decision.candidates),
+                      candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
+                      candidates_total=len(decision.candidates),
                       fallbacks=[o.key for o in decision.ordered[1:]])
 
 
