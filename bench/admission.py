@@ -99,8 +99,10 @@ def memory_per_bucket(n: int) -> tuple[float, float, float, float]:
         admission.admit(a)
         admission.settle(u)
     with_seen = tracemalloc.get_traced_memory()[0] - base
-    seen = len(admission.usage._seen)
-    admission.usage._seen.clear()
+    usage = admission.usage
+    seen = len(usage._seen) + len(usage._seen_before)
+    usage._seen.clear()
+    usage._seen_before.clear()
     gc.collect()
     without_seen = tracemalloc.get_traced_memory()[0] - base
     admission._cache.clear()
@@ -215,8 +217,9 @@ def main() -> int:
           f"({with_seen * per:.0f} B/bucket); without the dedup set {without_seen:.1f} MiB ({without_seen * per:.0f} "
           f"B/bucket); projection alone, without the per-bucket limits cache {projection_only:.1f} MiB "
           f"({projection_only * per:.0f} B/bucket)")
-    print(f"dedup set: {per_id:.0f} B per remembered event id -> {per_id * 1_000_000 / 1024 / 1024:.0f} MiB "
-          "when full (UsageProjection dedup_window = 1,000,000 ids)")
+    window = 2 * UsageProjection()._generation
+    print(f"dedup sets: {per_id:.0f} B per remembered event id -> {per_id * window / 1024 / 1024:.0f} MiB "
+          f"when full (UsageProjection keeps at most {window:,} ids)")
     if args.no_broker:
         return 0
     import shutil
