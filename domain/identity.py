@@ -68,10 +68,12 @@ def _parse(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+@lru_cache(maxsize=8192)
 def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[Network, ...]) -> bool:
     return any(ip.version == n.version and ip in n for n in nets)
 
 
+@lru_cache(maxsize=8192)  # str() of an address is slow Python; a busy broker sees few addresses
 def _bucket(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v6_prefix: int | None) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and v6_prefix:
         return str(ipaddress.IPv6Network((ip, v6_prefix), strict=False).network_address) + f"/{v6_prefix}"

@@ -15,15 +15,17 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import msgspec
 
 from domain.events import INT64_MAX, BillingMarked
 from eventlog.fsutil import write_atomic
 from eventlog.ids import now_us, uuid7
 from eventlog.reader import connect, take_snapshot
+
+if TYPE_CHECKING:
+    import duckdb
 
 DAY_US = 86_400_000_000
 _PERIOD = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?\Z")

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import msgspec
 import pyarrow.parquet as pq
 
@@ -23,6 +23,9 @@ from eventlog import manifest as mf
 from eventlog.fsutil import publish
 from eventlog.reader import DUCKDB_CONFIG
 from eventlog.segments import Sealer, columns_id
+
+if TYPE_CHECKING:
+    import duckdb
 
 MAX_PARTS = 8
 CHILD_TIMEOUT_S = 1800
@@ -71,6 +74,8 @@ def write_parts(data_dir: Path, m: mf.Manifest) -> tuple[list[mf.FileEntry], set
     replaced: set[str] = set()
     if not segments:
         return written, replaced
+    import duckdb  # loaded here: only the compaction child (or a CLI/test) pays for it
+
     con = duckdb.connect(config={**DUCKDB_CONFIG, **COMPACTION_LIMITS, "temp_directory": str(data_dir / "spill")})
     try:
         seg_paths = [data_dir / f.path for f in segments]

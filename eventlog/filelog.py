@@ -1,9 +1,11 @@
 """The local, durable `EventLog`: JSONL WAL with group commit, rotated into Parquet segments.
 
-One writer task owns the WAL file. Appenders validate and stamp synchronously, queue their bytes and
-wait; the writer takes everything queued, does one `write` + `fdatasync` in an I/O thread, then
-acknowledges the whole batch. An append that returned is durable. Any I/O error fails the log loudly:
-it refuses appends until reopened (recovery then keeps every acknowledged event).
+One writer thread owns the WAL file. Appenders validate and stamp synchronously on the event loop,
+queue their bytes and wait; the writer takes everything queued, does one `write` + `fdatasync`, then
+hands the loop one callback that acknowledges the whole batch. An append that returned is durable.
+A thread (not a coroutine hopping through an executor per batch) keeps the loop's share of a batch
+to one queue append per caller and one callback. Any I/O error fails the log loudly: it refuses
+appends until reopened (recovery then keeps every acknowledged event).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +31,8 @@ from eventlog.wal import WAL_DIR, wal_files, wal_name
 
 log = logging.getLogger("aibroker.eventlog")
 RECENT_IDS_ON_OPEN = 20_000
+# (WAL bytes, event count, future acknowledged once durable, "rotate after this batch")
+Entry = tuple[bytes, int, "asyncio.Future[None]", bool]
 
 
 class FileEventLog:
@@ -39,22 +44,24 @@ class FileEventLog:
         self._rotate_events, self._rotate_s = rotate_events, rotate_s
         self._max_pending, self._compact_after = max_pending, compact_after
         self._compact_in_child = True
-        self._pending: list[tuple[bytes, int, asyncio.Future[None]]] = []
-        self._pending_events = 0
-        self._wake = asyncio.Event()
+        self._queue: list[Entry] = []  # shared with the writer thread, under `_cond`
+        self._cond = threading.Condition(threading.Lock())
+        self._stop = False  # writer thread: drain the queue, then exit
+        self._pending_events = 0  # loop side: queued, not yet acknowledged
         self._space = asyncio.Event()
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="wal-io")
         self._sealing = ThreadPoolExecutor(1, thread_name_prefix="wal-seal")
         self._failure: EventLogFailed | None = None
         self._closing = False
         self.sealer = Sealer(data_dir)
         self._lock_fd = -1
         self._fd = -1
-        self._file_events = 0
+        self._file_events = 0  # writer thread side
         self._file_opened = 0.0
-        self._written_through = 0
+        self._next_wal_seq = 1  # writer thread side: seq of the next event written
+        self._written_through = 0  # loop side: acknowledged through this seq
         self._stamper = Stamper()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
     async def open(cls, data_dir: str | Path, *, rotate_events: int = 10_000, rotate_s: float = 1.0,
@@ -74,8 +81,11 @@ class FileEventLog:
         self._stamper.next_seq = next_seq
         await asyncio.to_thread(self._remember_recent, next_seq - 1)
         self._written_through = next_seq - 1
+        self._next_wal_seq = next_seq
         self._open_file()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-writer")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="wal-writer", daemon=True)
+        self._thread.start()
         return self
 
     def _remember_recent(self, last_seq: int, count: int = RECENT_IDS_ON_OPEN) -> None:
@@ -87,7 +97,7 @@ class FileEventLog:
         for batch in replay_batches(self.data_dir, after_seq=max(0, last_seq - count), columns=["event_id", "seq"]):
             self._stamper.remember(dict(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
 
-    # ---- appending ------------------------------------------------------------------------------
+    # ---- appending (event loop) -----------------------------------------------------------------
 
     async def append(self, events: Sequence[Event]) -> list[Event]:
         self._check_open()
@@ -107,10 +117,14 @@ class FileEventLog:
         self._check_open()
         out, lines = self._stamper.prepare(events)  # validates first: a bad event writes nothing
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((b"".join(lines), len(lines), fut))
+        self._enqueue((b"".join(lines), len(lines), fut, False))
         self._pending_events += len(lines)
-        self._wake.set()
         return out, fut
+
+    def _enqueue(self, entry: Entry) -> None:
+        with self._cond:
+            self._queue.append(entry)
+            self._cond.notify()
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -118,39 +132,67 @@ class FileEventLog:
         if self._closing:
             raise EventLogClosed("the event log is closed")
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                if self._closing:
+    def _acked(self, batch: list[Entry], count: int) -> None:
+        """On the loop: a batch is durable (and rotated, if asked)."""
+        self._written_through += count
+        self._pending_events -= count
+        self._space.set()
+        for _, _, fut, _ in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail(self, exc: BaseException, batch: list[Entry]) -> None:
+        """On the loop: the writer stopped; every queued append fails, and so will later ones."""
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        self._failure = EventLogFailed(
+            f"event log write failed in {self.data_dir / WAL_DIR} ({exc.__class__.__name__}: "
+            f"{detail}); appends are refused until the log is reopened"
+        )
+        log.error("%s", self._failure)
+        with self._cond:
+            queued, self._queue = self._queue, []
+        for _, _, fut, _ in batch + queued:
+            if not fut.done():
+                fut.set_exception(self._failure)
+        self._space.set()
+
+    # ---- the writer thread ----------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        batch: list[Entry] = []
+        try:
+            while True:
+                with self._cond:
+                    if not self._queue and not self._stop:
+                        self._cond.wait(self._until_rotation())
+                    batch, self._queue = self._queue, []
+                    stop = self._stop and not batch
+                if stop:
                     return
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._rotate_s)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-            await asyncio.sleep(0)  # let appenders woken by the last ack join this batch
-            batch, self._pending = self._pending, []
-            count = sum(n for _, n, _ in batch)
-            try:
+                count = sum(n for _, n, _, _ in batch)
                 if count:
-                    await loop.run_in_executor(self._io, self._write, b"".join(c for c, _, _ in batch))
-            except OSError as exc:
-                self._fail(exc, batch)
-                return
-            self._written_through += count
-            self._file_events += count
-            self._pending_events -= count
-            self._space.set()
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-            if self._rotation_due():
-                try:
-                    await loop.run_in_executor(self._io, self._rotate)
-                except OSError as exc:
-                    self._fail(exc, [])
-                    return
+                    self._write(b"".join(data for data, _, _, _ in batch))
+                    self._next_wal_seq += count
+                    self._file_events += count
+                asked = [entry for entry in batch if entry[3]]  # flush_sealed: "rotate now"
+                plain = batch if not asked else [entry for entry in batch if not entry[3]]
+                if plain:
+                    loop.call_soon_threadsafe(self._acked, plain, count)
+                batch = asked  # a failed rotation fails these, never the events acknowledged above
+                if self._rotation_due() or (asked and self._file_events):
+                    self._rotate()
+                if asked:
+                    loop.call_soon_threadsafe(self._acked, asked, 0)
+                batch = []
+        except BaseException as exc:  # an I/O error (or anything else) must fail appends, not hang them
+            loop.call_soon_threadsafe(self._fail, exc, batch)
+
+    def _until_rotation(self) -> float:
+        if not self._file_events:
+            return self._rotate_s
+        return max(0.0, self._file_opened + self._rotate_s - time.monotonic())
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -158,22 +200,10 @@ class FileEventLog:
             view = view[os.write(self._fd, view):]
         os.fdatasync(self._fd)
 
-    def _fail(self, exc: OSError, batch: list[tuple[bytes, int, asyncio.Future[None]]]) -> None:
-        self._failure = EventLogFailed(
-            f"event log write failed in {self.data_dir / WAL_DIR} ({exc.__class__.__name__}: "
-            f"{exc.strerror or exc}); appends are refused until the log is reopened"
-        )
-        log.error("%s", self._failure)
-        for _, _, fut in batch + self._pending:
-            if not fut.done():
-                fut.set_exception(self._failure)
-        self._pending = []
-        self._space.set()
-
     # ---- rotation, sealing, compaction ----------------------------------------------------------
 
     def _open_file(self) -> None:
-        path = self.data_dir / WAL_DIR / wal_name(self._written_through + 1)
+        path = self.data_dir / WAL_DIR / wal_name(self._next_wal_seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file_events = 0
         self._file_opened = time.monotonic()
@@ -208,8 +238,12 @@ class FileEventLog:
     async def flush_sealed(self) -> None:
         """Rotate and seal everything acknowledged so far (tests, shutdown, benchmarks)."""
         loop = asyncio.get_running_loop()
-        if self._file_events:
-            await loop.run_in_executor(self._io, self._rotate)
+        if self._thread is not None and self._thread.is_alive() and self._failure is None:
+            rotated: asyncio.Future[None] = loop.create_future()
+            self._enqueue((b"", 0, rotated, True))
+            await rotated
+        elif self._file_events:
+            await loop.run_in_executor(self._sealing, self._rotate)
         await loop.run_in_executor(self._sealing, self._seal_closed)
 
     # ---- reading, closing -----------------------------------------------------------------------
@@ -230,12 +264,15 @@ class FileEventLog:
         return self._pending_events
 
     async def close(self) -> None:
-        if self._task is None:
+        if self._thread is None:
             return
         self._closing = True
-        self._wake.set()
-        await self._task
-        self._task = None
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join)
+        await asyncio.sleep(0)  # run the writer's last acknowledgements
+        self._thread = None
         try:
             if self._failure is None:
                 await self.flush_sealed()
@@ -243,6 +280,5 @@ class FileEventLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-            self._io.shutdown()
             self._sealing.shutdown()
             unlock_writer(self._lock_fd)

@@ -12,16 +12,12 @@ os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))  # a forke
 
 
 def uuid7(now_us: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits."""
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version 7, 12 random bits (rand_a), variant
+    0b10, 62 random bits (rand_b). Formatted in one %-operation: this runs several times a request."""
     ms = (time.time_ns() // 1_000_000) if now_us is None else now_us // 1000
-    rand = _rng.getrandbits(80)
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a (12 bits)
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    rand = _rng.getrandbits(74)
+    return "%08x-%04x-7%03x-%04x-%012x" % (
+        (ms >> 16) & 0xFFFFFFFF, ms & 0xFFFF, rand >> 62, 0x8000 | ((rand >> 48) & 0x3FFF), rand & 0xFFFFFFFFFFFF)
 
 
 def now_us() -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -18,6 +19,9 @@ from eventlog import manifest as mf
 from eventlog.columnar import wal_to_table
 from eventlog.views import KIND_VIEWS, derived_views
 from eventlog.wal import read_complete, wal_files
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ def connect(data_dir: str | Path, *, locked_down: bool = True,
 
     `locked_down`: no file access outside the data directory, no extensions, settings frozen.
     """
+    import duckdb  # on first use: the serving process never needs it (see eventlog.scan)
+
     snap = snapshot or take_snapshot(data_dir)
     con = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
     con.register("_tail_arrow", snap.tail)

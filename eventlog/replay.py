@@ -6,12 +6,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import duckdb
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
 from domain.events import Event
 from eventlog.columnar import table_to_events
 from eventlog.reader import connect
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 def _where(after_seq: int, since_ts_us: int | None, kinds: Iterable[str] | None) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from eventlog.reader import connect
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 class SqlRefused(ValueError):
@@ -15,6 +16,8 @@ class SqlRefused(ValueError):
 
 
 def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    import duckdb  # on first use: the serving process loads DuckDB only for operator SQL
+
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -29,6 +32,8 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 def query(data_dir: str | Path, sql: str, *, max_rows: int = 10_000,
           con: duckdb.DuckDBPyConnection | None = None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
     """(column names, rows, truncated). Raises `SqlRefused` with a message that says why."""
+    import duckdb
+
     own = con is None
     con = con or connect(data_dir)
     try:

@@ -21,6 +21,7 @@ from functions.jsonrpc import NoParams, dispatch, method, openrpc
 from functions.app import ready
 from functions.runtime import DeferredApp, runtime_lifespan
 from functions.state import BrokerState
+from functions.lean_app import LeanLitestar
 
 VERSION = "0.1.0"
 UNAUTHORIZED = -32001
@@ -110,7 +111,7 @@ def heroservice() -> dict[str, Any]:
 
 def create_admin_app(config: BrokerConfig, *, event_log: EventLog | None = None,
                      runtime: BrokerState | None = None) -> Litestar:
-    return Litestar(
+    return LeanLitestar(
         route_handlers=[rpc, openrpc_json, health, ready, metrics, heroservice],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
         openapi_config=None, logging_config=None,

@@ -17,6 +17,7 @@ from functions.models import get_model, get_model_unprefixed, list_models, list_
 from functions.openai_api import FastPath, proxy_handlers
 from functions.runtime import runtime_lifespan
 from functions.state import BrokerState
+from functions.lean_app import LeanLitestar
 
 log = logging.getLogger("aibroker")
 
@@ -75,7 +76,7 @@ def create_app(config: BrokerConfig, *, event_log: EventLog | None = None,
     for a router that strips `/hero_aibroker/v1` before forwarding.
     """
     extra = [*proxy_handlers(prefix=""), list_models_unprefixed, get_model_unprefixed] if unprefixed else []
-    app = Litestar(
+    app = LeanLitestar(
         route_handlers=[*proxy_handlers(), list_models, get_model, health, ready, index, *extra],
         lifespan=[runtime_lifespan(config, runtime, event_log)],
         exception_handlers={Exception: _openai_error},

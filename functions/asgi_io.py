@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
-from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
@@ -62,20 +61,34 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 async def send_stream(send: Send, receive: Receive, headers: dict[str, str], body: AsyncIterable[bytes]) -> bool:
-    """Stream `body` as SSE; returns False if the client went away first (the pump is cancelled)."""
+    """Stream `body` as SSE; returns False if the client went away first.
 
-    async def pump() -> None:
+    The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
+    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`).
+    """
+    pumping = asyncio.current_task()
+    assert pumping is not None
+    gone = False
+
+    def client_gone(task: asyncio.Future[None]) -> None:
+        nonlocal gone
+        gone = True
+        if not task.cancelled():
+            task.exception()  # retrieved: a failing receive also ends the stream
+        pumping.cancel()
+
+    watching = asyncio.ensure_future(_until_disconnect(receive))
+    watching.add_done_callback(client_gone)
+    try:
         await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers)})
         async for chunk in body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(_until_disconnect(receive))
-    try:
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        if not gone or pumping.uncancel():  # a cancel from elsewhere (shutdown) goes on up
+            raise
+        return False
     finally:
-        for task in (pumping, watching):
-            task.cancel()
-        results: list[Any] = await asyncio.gather(pumping, watching, return_exceptions=True)
-    return pumping.done() and not isinstance(results[0], BaseException)
+        watching.remove_done_callback(client_gone)
+        watching.cancel()
+    return True

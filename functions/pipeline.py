@@ -1,15 +1,16 @@
 """One proxied call, start to end: parse, route, admit, append, call (with fallback), settle, answer.
 
 Events per request: `request.received`, `route.decided`, `request.admitted` (durable before any
-upstream call), one `upstream.attempted` per try and `upstream.failed` per failed try, and exactly
-one `usage.recorded` on every path — success, upstream error, stream cut, client gone.
+upstream call, in one group commit with the first `upstream.attempted`), one `upstream.attempted` per
+try and `upstream.failed` per failed try, and exactly one `usage.recorded` on every path — success,
+upstream error, stream cut, client gone.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,8 +138,13 @@ def _retry_after_s(resp: UpstreamResponse) -> float | None:
 
 
 async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
-                      settle: Callable[[UsageRecorded], None]) -> Answer:
-    """Try offers in fallback order until one answers; failures before any byte fall through."""
+                      settle: Callable[[UsageRecorded], None],
+                      admission: Callable[[list[Event]], Awaitable[None]], prelude: list[Event]) -> Answer:
+    """Try offers in fallback order until one answers; failures before any byte fall through.
+
+    `prelude` (received, decided, admitted) is made durable by `admission` together with the first
+    `upstream.attempted`, in one group commit, before that attempt starts; later attempts ride along.
+    """
     state = call.state
     for offer in decision.ordered[: state.config.max_attempts]:
         provider = state.providers.get(offer.provider)
@@ -150,11 +156,22 @@ async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
         call.attempts += 1
         index, key = picked
         key_id = provider.keys.key_id(index)
-        state.submit([call.event(UpstreamAttempted, attempt=call.attempts, provider=offer.provider,
-                                 model=offer.model, key_id=key_id)])
+        attempted = call.event(UpstreamAttempted, attempt=call.attempts, provider=offer.provider,
+                               model=offer.model, key_id=key_id)
+        if prelude:
+            try:
+                await admission([*prelude, attempted])
+            except BaseException:
+                provider.keys.release(index)
+                raise
+            prelude = []
+        else:
+            state.submit([attempted])
         answer = await _try(call, provider, offer, index, key, key_id, price_version, settle)
         if answer is not None:
             return answer
+    if prelude:
+        await admission(prelude)
     code = "upstream_timeout" if call.failures and call.failures[-1].endswith("timeout") else "upstream_error"
     status = 504 if code == "upstream_timeout" else 502
     settle(usage_event(call, None, None, 0, "upstream_error", status, None, price_version))
@@ -330,11 +347,14 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
         left = state.admission.usage.budget_left(key, state.admission.limits(key), admitted.ts_us)
         if left is not None:
             call.cost_cap_micros, call.budget_code = admitted.reserved_micros + max(left[0], 0), left[1]
-    try:
-        await state.log.append([*first, admitted])
-    except BaseException:
-        state.admission.usage.cancel(key, admitted.request_id)  # the projection must match the log
-        raise
-    return await attempt_all(call, decision, catalog.price_version, settle)
+
+    async def admission(events: list[Event]) -> None:
+        try:
+            await state.log.append(events)
+        except BaseException:
+            state.admission.usage.cancel(key, admitted.request_id)  # the projection must match the log
+            raise
+
+    return await attempt_all(call, decision, catalog.price_version, settle, admission, [*first, admitted])
 
 

@@ -20,7 +20,7 @@ from eventlog.base import EventLog
 from eventlog.filelog import FileEventLog
 from eventlog.ids import now_us
 from eventlog.projections import rebuild_policy, rebuild_switches, rebuild_ttft, rebuild_usage
-from eventlog.replay import reading
+from eventlog.reader import take_snapshot
 from functions.config import BrokerConfig
 from functions.state import BrokerState
 
@@ -31,11 +31,11 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
     for scope, settings in settings_from_config(config.limits):
         book.set(scope, settings, none_means_unlimited=True)
     if data_dir is not None:
-        with reading(data_dir) as con:  # one snapshot for every projection
-            rebuild_policy(data_dir, book, con)
-            rebuild_usage(data_dir, now_us(), state.admission.usage, con)
-            state.ttft_us.update(rebuild_ttft(data_dir, now_us(), con=con))
-            switches = rebuild_switches(data_dir, con)
+        snap = take_snapshot(data_dir)  # one snapshot for every projection
+        rebuild_policy(data_dir, book, snap)
+        rebuild_usage(data_dir, now_us(), state.admission.usage, snap)
+        state.ttft_us.update(rebuild_ttft(data_dir, now_us(), snap=snap))
+        switches = rebuild_switches(data_dir, snap)
         for name, enabled in switches.items():
             if name in state.providers:
                 state.providers[name].enabled = enabled

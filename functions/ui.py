@@ -20,6 +20,7 @@ from functions.app import health, ready
 from functions.config import BrokerConfig
 from functions.runtime import DeferredApp, runtime_lifespan
 from functions.state import BrokerState
+from functions.lean_app import LeanLitestar
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:.5rem 0 1.5rem}
 td,th{border-bottom:1px solid #ddd;padding:.25rem .75rem;text-align:left}th{background:#f4f4f4}
@@ -67,7 +68,7 @@ async def page(request: Request[Any, Any, Any]) -> Response[str]:
 
 def create_ui_app(config: BrokerConfig, *, event_log: EventLog | None = None,
                   runtime: BrokerState | None = None) -> Litestar:
-    return Litestar(route_handlers=[page, health, ready], lifespan=[runtime_lifespan(config, runtime, event_log)],
+    return LeanLitestar(route_handlers=[page, health, ready], lifespan=[runtime_lifespan(config, runtime, event_log)],
                     openapi_config=None, logging_config=None, debug=False)
 
 

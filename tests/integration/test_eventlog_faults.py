@@ -245,7 +245,6 @@ def test_a_failed_rotation_still_closes_cleanly_and_releases_the_lock(
         finally:
             armed = False
             if not closed:  # clean up what close() left behind (only while the bug lives)
-                log._io.shutdown(wait=False)
                 log._sealing.shutdown(wait=False)
                 unlock_writer(log._lock_fd)
         again = await FileEventLog.open(tmp_path)

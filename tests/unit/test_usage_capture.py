@@ -204,3 +204,20 @@ def test_text_chars_counts_spaced_json_too() -> None:
 
 def test_completion_estimate_rounds_characters_up_to_tokens() -> None:
     assert [estimate_completion_tokens(n) for n in (0, 1, 4, 5, 8)] == [0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("field", ["prompt_tokens", "completion_tokens"])
+@pytest.mark.parametrize("value", [-1, 2**40 + 1, 2**63])
+def test_impossible_provider_counts_are_not_usage(field: str, value: int) -> None:
+    """A negative or absurd count would make `usage.recorded` invalid (the log refuses it and the
+    settlement is lost): such usage is unreadable, so the broker estimates instead."""
+    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, field: value}}).encode()
+    assert usage_of_body(body) is None
+    scanner = SseScanner(strip_usage_chunk=True)
+    out = scanner.feed(b"data: " + body + b"\n\ndata: [DONE]\n\n")
+    assert scanner.usage is None and scanner.done and out.startswith(b"data: ")
+
+
+def test_the_largest_sane_counts_are_usage() -> None:
+    usage = usage_of_body(b'{"usage": {"prompt_tokens": 1099511627776, "completion_tokens": 0}}')
+    assert usage is not None and usage.prompt_tokens == 2**40
