@@ -63,6 +63,9 @@ class Bucket:
     in_flight: dict[str, list[Held]] = field(default_factory=dict)
     in_flight_n: int = 0
     reserved_micros: int = 0
+    # spend of the two newest days and months settled: budgets read today's and this month's only,
+    # and a bucket must not grow by a day's entry every day it lives (a late settlement for the
+    # day before still lands)
     spend_day: dict[int, int] = field(default_factory=dict)
     spend_month: dict[str, int] = field(default_factory=dict)
 
@@ -96,6 +99,16 @@ class Headroom:
     limit_tokens: int | None
     remaining_tokens: int | None
     reset_tokens_us: int
+
+
+def add_spend(b: Bucket, day: int, month: str, micros: int) -> None:
+    """Count settled spend; keep only the two newest days and months (older ones no budget reads)."""
+    b.spend_day[day] = b.spend_day.get(day, 0) + micros
+    if len(b.spend_day) > 2:
+        del b.spend_day[min(b.spend_day)]
+    b.spend_month[month] = b.spend_month.get(month, 0) + micros
+    if len(b.spend_month) > 2:
+        del b.spend_month[min(b.spend_month)]
 
 
 class UsageProjection:
@@ -162,9 +175,7 @@ class UsageProjection:
             held.entry[1] = actual
         cost = e.cost_micros or 0
         if cost:
-            day, month = day_of(e.ts_us), month_of(e.ts_us)
-            b.spend_day[day] = b.spend_day.get(day, 0) + cost
-            b.spend_month[month] = b.spend_month.get(month, 0) + cost
+            add_spend(b, day_of(e.ts_us), month_of(e.ts_us), cost)
 
     def cancel(self, key: BucketKey, request_id: str) -> None:
         """Undo an admission whose event never reached the log (the append failed)."""

@@ -92,10 +92,11 @@ class FileEventLog:
         """Reload the newest event ids, so a caller retrying across a restart is not stored twice."""
         if last_seq <= 0:
             return
-        from eventlog.replay import replay_batches
+        from eventlog import scan
+        from eventlog.reader import take_snapshot
 
-        for batch in replay_batches(self.data_dir, after_seq=max(0, last_seq - count), columns=["event_id", "seq"]):
-            self._stamper.remember(dict(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
+        recent = scan.table(take_snapshot(self.data_dir), ["event_id", "seq"], scan.where(after_seq=max(0, last_seq - count)))
+        self._stamper.remember(dict(zip(recent.column(0).to_pylist(), recent.column(1).to_pylist())))
 
     # ---- appending (event loop) -----------------------------------------------------------------
 
@@ -187,7 +188,10 @@ class FileEventLog:
                     loop.call_soon_threadsafe(self._acked, asked, 0)
                 batch = []
         except BaseException as exc:  # an I/O error (or anything else) must fail appends, not hang them
-            loop.call_soon_threadsafe(self._fail, exc, batch)
+            try:
+                loop.call_soon_threadsafe(self._fail, exc, batch)
+            except RuntimeError:  # the loop is gone (a process ending without close): nobody waits
+                pass
 
     def _until_rotation(self) -> float:
         if not self._file_events:

@@ -1,7 +1,7 @@
 """Rebuilding projections from the log at start: limits policy, spend, rate windows, TTFT, switches.
 
-Spend for the current month is summed per (ip, context, day) from Arrow batches of the log's
-`usage.recorded` rows (compacted Parquet is the checkpoint: row-group statistics skip older data);
+Spend for the current month (and per day for today and yesterday, all a budget reads) is summed
+from Arrow batches of the log's `usage.recorded` rows (compacted Parquet is the checkpoint: row-group statistics skip older data);
 the last minute of admissions and settlements is folded event by event to restore the rate windows
 exactly. Requests the previous run left in flight are released: they died with it. Everything here
 reads one snapshot with pyarrow, so DuckDB never loads in the serving process (see `eventlog.scan`).
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from domain.limits import PolicyBook
-from domain.usage_projection import DAY_US, WINDOW_US, UsageProjection, month_of, month_start_us
+from domain.usage_projection import DAY_US, WINDOW_US, UsageProjection, day_of, month_of, month_start_us
 from eventlog import scan
 from eventlog.reader import Snapshot, take_snapshot
 
@@ -32,10 +32,10 @@ def rebuild_ttft(data_dir: Path, now_us: int, horizon_us: int = 3_600_000_000,
     starting point (then kept current in memory). The median of an even count is the mean of the
     middle two, rounded half to even (as `CAST(median(ttft_us) AS BIGINT)` does in SQL). Only the integer
     values are kept per group while scanning."""
-    expr = scan.where(since_ts_us=now_us - horizon_us, kinds=[USAGE])
-    expr &= (pc.field("outcome") == "ok") & ~pc.field("ttft_us").is_null()
+    expr = scan.where(since_ts_us=now_us - horizon_us, kinds=[USAGE], extra=lambda b: pc.and_(
+        pc.equal(b.column("outcome"), "ok"), pc.is_valid(b.column("ttft_us"))))
     values: dict[tuple[str, str], list[pa.Array]] = {}
-    for batch in scan.batches(_snap(data_dir, snap), ["provider", "model", "ttft_us"], expr):
+    for batch in scan.batches(_snap(data_dir, snap), ["provider", "model", "ttft_us", "outcome"], expr):
         if not batch.num_rows:
             continue
         table = pa.Table.from_batches([batch])
@@ -56,43 +56,77 @@ def rebuild_ttft(data_dir: Path, now_us: int, horizon_us: int = 3_600_000_000,
 def rebuild_switches(data_dir: Path, snap: Snapshot | None = None) -> dict[str, bool]:
     """Each provider's last on/off switch by an operator (absent: never switched)."""
     kinds = ["provider.toggled.v1"]
-    return {e.provider: e.enabled for e in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds), kinds)}  # type: ignore[attr-defined]
+    return {e.provider: e.enabled for e in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds, rare=True), kinds)}  # type: ignore[attr-defined]
 
 
 def rebuild_policy(data_dir: Path, book: PolicyBook, snap: Snapshot | None = None) -> PolicyBook:
     kinds = ["limits.changed.v1"]
-    for event in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds), kinds):
+    for event in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds, rare=True), kinds):
         book.apply(event)  # type: ignore[arg-type]
     return book
 
 
-def month_spend(snap: Snapshot, start_us: int, until_us: int) -> dict[tuple[str, str, int], int]:
-    """micro-USD per (ip, context, day) from usage settled in [start, until)."""
-    expr = scan.where(since_ts_us=start_us, until_ts_us=until_us, kinds=[USAGE]) & ~pc.field("cost_micros").is_null()
-    spend: dict[tuple[str, str, int], int] = {}
+class _Sums:
+    """Partial per-batch sums, reduced in Arrow (a Python dict update per row was most of the time)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys, self.parts, self.rows = keys, [], 0
+
+    def add(self, table: pa.Table) -> None:
+        part = table.group_by(self.keys, use_threads=False).aggregate([("cost", "sum")]).rename_columns([*self.keys, "cost"])
+        self.parts.append(part)
+        self.rows += part.num_rows
+        if self.rows > 1_000_000:  # keep the partials bounded
+            self.parts = [self._reduced()]
+            self.rows = self.parts[0].num_rows
+
+    def _reduced(self) -> pa.Table:
+        table = pa.concat_tables(self.parts)
+        return table.group_by(self.keys, use_threads=False).aggregate([("cost", "sum")]).rename_columns([*self.keys, "cost"])
+
+    def result(self) -> dict[tuple, int]:  # type: ignore[type-arg]
+        if not self.parts:
+            return {}
+        table = self._reduced()
+        columns = [table.column(c).to_pylist() for c in [*self.keys, "cost"]]
+        return {tuple(row[:-1]): row[-1] for row in zip(*columns)}
+
+
+def month_spend(snap: Snapshot, start_us: int, until_us: int,
+                recent_from_us: int) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str, int], int]]:
+    """micro-USD settled in [start, until): per (ip, context), and per (ip, context, day) for the days
+    from `recent_from_us` on (the only days a budget reads)."""
+    expr = scan.where(since_ts_us=start_us, until_ts_us=until_us, kinds=[USAGE],
+                      extra=lambda b: pc.is_valid(b.column("cost_micros")))
+    months, days = _Sums(["ip", "context"]), _Sums(["ip", "context", "day"])
     for batch in scan.batches(snap, ["ip", "context", "ts_us", "cost_micros"], expr):
         if not batch.num_rows:
             continue
-        day = pc.divide(batch.column("ts_us"), pa.scalar(DAY_US, pa.int64()))  # integer division (ts ≥ 0)
-        table = pa.table({"ip": batch.column("ip"), "context": batch.column("context"), "day": day,
-                          "cost": batch.column("cost_micros")})
-        sums = table.group_by(["ip", "context", "day"], use_threads=False).aggregate([("cost", "sum")])
-        for ip, context, d, micros in zip(*(sums.column(c).to_pylist() for c in ("ip", "context", "day", "cost_sum"))):
-            key = (ip, context, d)
-            spend[key] = spend.get(key, 0) + micros
-    return spend
+        months.add(pa.table({"ip": batch.column("ip"), "context": batch.column("context"),
+                             "cost": batch.column("cost_micros")}))
+        recent = pa.Table.from_batches([batch]).filter(pc.greater_equal(batch.column("ts_us"), recent_from_us))
+        if recent.num_rows:
+            day = pc.divide(recent.column("ts_us"), pa.scalar(DAY_US, pa.int64()))  # integer division (ts ≥ 0)
+            days.add(pa.table({"ip": recent.column("ip"), "context": recent.column("context"), "day": day,
+                               "cost": recent.column("cost_micros")}))
+    return months.result(), days.result()  # type: ignore[return-value]
 
 
 def rebuild_usage(data_dir: Path, now_us: int, projection: UsageProjection | None = None,
                   snap: Snapshot | None = None) -> UsageProjection:
+    """This month's spend (and today's and yesterday's, as the fold keeps them), then the last
+    minute folded event by event; in-flight holds are released."""
     p = projection or UsageProjection()
     snap = _snap(data_dir, snap)
     cutoff = now_us - WINDOW_US
     month = month_of(now_us)
-    for (ip, context, day), micros in month_spend(snap, month_start_us(now_us), cutoff).items():
+    months, days = month_spend(snap, month_start_us(now_us), cutoff, (day_of(now_us) - 1) * DAY_US)
+    for (ip, context), micros in months.items():
+        b = p.bucket((ip, context))
+        b.spend_month[month] = b.spend_month.get(month, 0) + micros
+    for (ip, context, day), micros in days.items():
         b = p.bucket((ip, context))
         b.spend_day[day] = b.spend_day.get(day, 0) + micros
-        b.spend_month[month] = b.spend_month.get(month, 0) + micros
     kinds = ["request.admitted.v1", USAGE]
     for event in scan.events(snap, scan.where(since_ts_us=max(cutoff, 0), kinds=kinds), kinds):
         p.apply(event)

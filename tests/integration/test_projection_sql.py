@@ -121,16 +121,27 @@ def sql_monthly(data_dir: Path) -> dict[tuple[str, str, str], int]:
     return {(ip, ctx, month): int(m) for ip, ctx, month, m in rows if m}
 
 
-def fold_daily(p: UsageProjection) -> dict[tuple[str, str, int], int]:
-    return {(ip, ctx, day): m for (ip, ctx), b in p.buckets.items() for day, m in b.spend_day.items() if m}
+def fold_daily(events: list[Event]) -> dict[tuple[str, str, int], int]:
+    """Spend per (ip, context, day), folded from the events (the projection keeps only recent days)."""
+    out: dict[tuple[str, str, int], int] = {}
+    for e in {e.event_id: e for e in events}.values():
+        if isinstance(e, UsageRecorded) and e.cost_micros:
+            key = (e.ip, e.context, day_of(e.ts_us))
+            out[key] = out.get(key, 0) + e.cost_micros
+    return out
 
 
-def fold_monthly(p: UsageProjection) -> dict[tuple[str, str, str], int]:
-    return {(ip, ctx, mo): m for (ip, ctx), b in p.buckets.items() for mo, m in b.spend_month.items() if m}
+def fold_monthly(events: list[Event]) -> dict[tuple[str, str, str], int]:
+    out: dict[tuple[str, str, str], int] = {}
+    for (ip, ctx, day), micros in fold_daily(events).items():
+        key = (ip, ctx, month_of(day * DAY_US))
+        out[key] = out.get(key, 0) + micros
+    return out
 
 
 def restored(p: UsageProjection, now_us: int) -> dict[BucketKey, dict[str, Any]]:
-    """What a restart must restore: this month's spend and the window at `now_us` (in-flight excluded)."""
+    """What a restart must restore: this month's spend, today's and yesterday's, and the window at
+    `now_us` (in-flight excluded)."""
     first_day, month = day_of(month_start_us(now_us)), month_of(now_us)
     out = {}
     for key, b in p.buckets.items():
@@ -138,7 +149,7 @@ def restored(p: UsageProjection, now_us: int) -> dict[BucketKey, dict[str, Any]]
         figures = {
             "window": [(ts, tokens) for ts, tokens, _ in b.window],
             "window_tokens": b.window_tokens,
-            "spend_day": {d: m for d, m in b.spend_day.items() if m and d >= first_day},
+            "spend_day": {d: m for d, m in b.spend_day.items() if m and d >= max(first_day, day_of(now_us) - 1)},
             "spend_month": b.spend_month.get(month, 0),
         }
         if any(figures.values()):
@@ -148,8 +159,8 @@ def restored(p: UsageProjection, now_us: int) -> dict[BucketKey, dict[str, Any]]
 
 def check_laws(data_dir: Path, events: list[Event], now_us: int) -> None:
     folded = fold(events)
-    assert sql_daily(data_dir) == fold_daily(folded)
-    assert sql_monthly(data_dir) == fold_monthly(folded)
+    assert sql_daily(data_dir) == fold_daily(events)
+    assert sql_monthly(data_dir) == fold_monthly(events)
     rebuilt = rebuild_usage(data_dir, now_us)
     assert all(not b.in_flight and b.reserved_micros == 0 for b in rebuilt.buckets.values())
     folded.release_all_in_flight()

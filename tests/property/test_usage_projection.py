@@ -254,3 +254,20 @@ def test_buckets_are_isolated(ops: list[Op], limits: Limits, kept: int) -> None:
     assert figures(everyone.projection, key, everyone.now_us) == figures(alone.projection, key, alone.now_us)
     later = everyone.now_us + 1
     assert decisions(everyone.projection, key, limits, later) == decisions(alone.projection, key, limits, later)
+
+
+@given(st.lists(st.tuples(st.integers(0, 90), st.integers(1, 1000)), min_size=1, max_size=60))
+def test_a_bucket_keeps_only_its_two_newest_days_and_months_of_spend(settled: list[tuple[int, int]]) -> None:
+    """Budgets read today and this month; a long-lived bucket must not grow by an entry per day. The
+    newest day's and month's totals stay exact whatever order settlements come in."""
+    p = UsageProjection()
+    start = 1_740_787_200_000_000  # 2025-03-01T00:00:00Z
+    for n, (day, micros) in enumerate(settled):
+        p.apply(UsageRecorded(event_id=f"e{n}", ts_us=start + day * DAY_US + n, ip="10.0.0.1", context="0",
+                              request_id=f"r{n}", cost_micros=micros, usage_source="provider"))
+    b = p.bucket(("10.0.0.1", "0"))
+    assert len(b.spend_day) <= 2 and len(b.spend_month) <= 2
+    newest_day = max(day for day, _ in settled)
+    newest_month = month_of(start + newest_day * DAY_US)
+    assert b.spend_day[day_of(start) + newest_day] == sum(m for d, m in settled if d == newest_day)
+    assert b.spend_month[newest_month] == sum(m for d, m in settled if month_of(start + d * DAY_US) == newest_month)
