@@ -66,16 +66,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--log-dir", help="build the log here and keep it (reused when it already holds one)")
     args = ap.parse_args()
     print(f"# bench/startup.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        t0 = time.monotonic()
-        bl.END_US = time.time_ns() // 1000 - 120_000_000  # the month so far: no events from the future
-        bl.write_synthetic_log(data, args.events, bl.template_table(bl.SEGMENT_EVENTS, random.Random(11)))
-        bl.compaction.compact(bl.Sealer(data))
-        print(f"log: {args.events:,} events in one month, compacted, built in {time.monotonic() - t0:.1f} s")
+        data = Path(args.log_dir) if args.log_dir else Path(tmp) / "data"
+        if (data / "manifest.json").exists():
+            print(f"log: reusing {data}")
+        else:
+            data.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            bl.END_US = time.time_ns() // 1000 - 120_000_000  # the month so far: no events from the future
+            bl.write_synthetic_log(data, args.events, bl.template_table(bl.SEGMENT_EVENTS, random.Random(11)))
+            bl.compaction.compact(bl.Sealer(data))
+            print(f"log: {args.events:,} events in one month, compacted, built in {time.monotonic() - t0:.1f} s")
         empty, empty_rss = time_to_ready(Path(tmp) / "empty")
         print(f"empty-log start for comparison: {empty:.2f} s to ready, RSS {empty_rss:.1f} MiB")
         runs = [time_to_ready(data) for _ in range(args.runs)]

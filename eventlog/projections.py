@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from domain.events import Event, LimitsChanged, ProviderToggled
 from domain.limits import PolicyBook
 from domain.usage_projection import DAY_US, WINDOW_US, UsageProjection, day_of, month_of, month_start_us
 from eventlog import scan
@@ -53,41 +54,56 @@ def rebuild_ttft(data_dir: Path, now_us: int, horizon_us: int = 3_600_000_000,
     return out
 
 
-def rebuild_switches(data_dir: Path, snap: Snapshot | None = None) -> dict[str, bool]:
+OPERATOR_KINDS = ("limits.changed.v1", "provider.toggled.v1")
+
+
+def operator_facts(data_dir: Path, snap: Snapshot | None = None) -> list[Event]:
+    """Every `limits.changed` and `provider.toggled`, in `seq` order: one pass for both rebuilds below."""
+    return list(scan.events(_snap(data_dir, snap), scan.where(kinds=OPERATOR_KINDS, rare=True), OPERATOR_KINDS))
+
+
+def rebuild_switches(data_dir: Path, snap: Snapshot | None = None, facts: list[Event] | None = None) -> dict[str, bool]:
     """Each provider's last on/off switch by an operator (absent: never switched)."""
-    kinds = ["provider.toggled.v1"]
-    return {e.provider: e.enabled for e in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds, rare=True), kinds)}  # type: ignore[attr-defined]
+    facts = operator_facts(data_dir, snap) if facts is None else facts
+    return {e.provider: e.enabled for e in facts if isinstance(e, ProviderToggled)}
 
 
-def rebuild_policy(data_dir: Path, book: PolicyBook, snap: Snapshot | None = None) -> PolicyBook:
-    kinds = ["limits.changed.v1"]
-    for event in scan.events(_snap(data_dir, snap), scan.where(kinds=kinds, rare=True), kinds):
-        book.apply(event)  # type: ignore[arg-type]
+def rebuild_policy(data_dir: Path, book: PolicyBook, snap: Snapshot | None = None,
+                   facts: list[Event] | None = None) -> PolicyBook:
+    facts = operator_facts(data_dir, snap) if facts is None else facts
+    for event in facts:
+        if isinstance(event, LimitsChanged):
+            book.apply(event)
     return book
 
 
+def _sum_by(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Sum `cost` by `keys`; dictionary-encoded keys come back as plain strings (partials concatenate)."""
+    out = table.group_by(keys, use_threads=False).aggregate([("cost", "sum")]).rename_columns([*keys, "cost"])
+    if any(pa.types.is_dictionary(t) for t in out.schema.types):
+        out = pa.table({name: column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+                        for name, column in zip(out.column_names, out.columns)})
+    return out
+
+
 class _Sums:
-    """Partial per-batch sums, reduced in Arrow (a Python dict update per row was most of the time)."""
+    """Partial sums (per batch, from the scan threads), reduced in Arrow (a Python dict update per
+    row was most of the time); bounded by reducing whenever they pass a million rows."""
 
     def __init__(self, keys: list[str]) -> None:
         self.keys, self.parts, self.rows = keys, [], 0
 
-    def add(self, table: pa.Table) -> None:
-        part = table.group_by(self.keys, use_threads=False).aggregate([("cost", "sum")]).rename_columns([*self.keys, "cost"])
+    def add(self, part: pa.Table) -> None:
         self.parts.append(part)
         self.rows += part.num_rows
-        if self.rows > 1_000_000:  # keep the partials bounded
-            self.parts = [self._reduced()]
+        if self.rows > 1_000_000:
+            self.parts = [_sum_by(pa.concat_tables(self.parts), self.keys)]
             self.rows = self.parts[0].num_rows
-
-    def _reduced(self) -> pa.Table:
-        table = pa.concat_tables(self.parts)
-        return table.group_by(self.keys, use_threads=False).aggregate([("cost", "sum")]).rename_columns([*self.keys, "cost"])
 
     def result(self) -> dict[tuple, int]:  # type: ignore[type-arg]
         if not self.parts:
             return {}
-        table = self._reduced()
+        table = _sum_by(pa.concat_tables(self.parts), self.keys)
         columns = [table.column(c).to_pylist() for c in [*self.keys, "cost"]]
         return {tuple(row[:-1]): row[-1] for row in zip(*columns)}
 
@@ -99,16 +115,22 @@ def month_spend(snap: Snapshot, start_us: int, until_us: int,
     expr = scan.where(since_ts_us=start_us, until_ts_us=until_us, kinds=[USAGE],
                       extra=lambda b: pc.is_valid(b.column("cost_micros")))
     months, days = _Sums(["ip", "context"]), _Sums(["ip", "context", "day"])
-    for batch in scan.batches(snap, ["ip", "context", "ts_us", "cost_micros"], expr):
-        if not batch.num_rows:
-            continue
-        months.add(pa.table({"ip": batch.column("ip"), "context": batch.column("context"),
-                             "cost": batch.column("cost_micros")}))
+
+    def partial(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table | None]:
+        month = _sum_by(pa.table({"ip": batch.column("ip"), "context": batch.column("context"),
+                                  "cost": batch.column("cost_micros")}), ["ip", "context"])
         recent = pa.Table.from_batches([batch]).filter(pc.greater_equal(batch.column("ts_us"), recent_from_us))
-        if recent.num_rows:
-            day = pc.divide(recent.column("ts_us"), pa.scalar(DAY_US, pa.int64()))  # integer division (ts ≥ 0)
-            days.add(pa.table({"ip": recent.column("ip"), "context": recent.column("context"), "day": day,
-                               "cost": recent.column("cost_micros")}))
+        if not recent.num_rows:
+            return month, None
+        day = pc.divide(recent.column("ts_us"), pa.scalar(DAY_US, pa.int64()))  # integer division (ts ≥ 0)
+        return month, _sum_by(pa.table({"ip": recent.column("ip"), "context": recent.column("context"), "day": day,
+                                        "cost": recent.column("cost_micros")}), ["ip", "context", "day"])
+
+    for month_part, day_part in scan.map_batches(snap, ["ip", "context", "ts_us", "cost_micros"], expr, partial,
+                                                 keep_dictionary=["ip", "context"]):
+        months.add(month_part)
+        if day_part is not None:
+            days.add(day_part)
     return months.result(), days.result()  # type: ignore[return-value]
 
 

@@ -10,7 +10,9 @@ Files are chosen by the manifest's seq and time ranges, then read one by one wit
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +24,7 @@ from eventlog.manifest import FileEntry
 from eventlog.reader import Snapshot
 
 Extra = Callable[[pa.RecordBatch], pa.Array]  # a further row condition (a boolean mask)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class Where:
     rare: bool = False  # `kinds` are rare (operator facts): read a row group's kinds before its rows
 
     def columns(self) -> list[str]:
-        return ["seq", "ts_us", "kind"]
+        """What `mask` reads (only what a condition needs: fewer columns decoded)."""
+        bounded = self.since_ts_us is not None or self.until_ts_us is not None
+        return [c for c, used in (("seq", self.after_seq > 0), ("ts_us", bounded), ("kind", self.kinds is not None)) if used]
 
     def may_match(self, f: FileEntry) -> bool:
         return (f.max_seq > self.after_seq
@@ -44,7 +49,7 @@ class Where:
                 and (self.until_ts_us is None or f.min_ts_us < self.until_ts_us))
 
     def mask(self, batch: pa.RecordBatch) -> pa.Array:
-        keep = pc.greater(batch.column("seq"), self.after_seq)
+        keep = pc.greater(batch.column("seq"), self.after_seq) if self.after_seq > 0 else pa.repeat(True, batch.num_rows)
         if self.since_ts_us is not None:
             keep = pc.and_(keep, pc.greater_equal(batch.column("ts_us"), self.since_ts_us))
         if self.until_ts_us is not None:
@@ -62,36 +67,78 @@ def where(*, after_seq: int = 0, since_ts_us: int | None = None, until_ts_us: in
 
 
 def _has_kind(parquet: pq.ParquetFile, group: int, kinds: tuple[str, ...]) -> bool:
+    """Read as a dictionary, a row group's kinds are its dictionary pages: a dozen values to test."""
     column = parquet.read_row_group(group, columns=["kind"]).column(0)
-    return bool(pc.any(pc.is_in(column, pa.array(kinds, pa.string()))).as_py())
+    wanted = pa.array(kinds, pa.string())
+    for chunk in column.chunks:
+        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+        if pc.any(pc.is_in(values, wanted)).as_py():
+            return True
+    return False
 
 
-def _conform(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
-    """`columns` in order; a column an older file lacks reads as nulls."""
+def _conform(batch: pa.RecordBatch, columns: Sequence[str], keep: Sequence[str] = ()) -> pa.RecordBatch:
+    """`columns` in order, typed as the event schema says (dictionary-read columns decoded unless in
+    `keep`); a column an older file lacks reads as nulls."""
     schema = event_schema()
-    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows, schema.field(c).type)
-              for c in columns]
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in columns]))
+    arrays = []
+    for c in columns:
+        typ = schema.field(c).type
+        if c not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, typ))
+            continue
+        array = batch.column(c)
+        arrays.append(array if array.type == typ or c in keep else array.cast(typ))
+    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
+def _file_batches(snap: Snapshot, entry: FileEntry, wanted: list[str], columns: Sequence[str], cond: Where,
+                  batch_rows: int, keep: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
+    """Strings that repeat (kinds, and the `keep` columns) are read as dictionaries: decoding them as
+    plain strings was most of a scan's time."""
+    parquet = pq.ParquetFile(snap.data_dir / entry.path, read_dictionary=["kind", *keep])
+    names = set(parquet.schema_arrow.names)
+    present = [c for c in wanted if c in names]
+    for group in range(parquet.num_row_groups):
+        if cond.rare and cond.kinds is not None and not _has_kind(parquet, group, cond.kinds):
+            continue
+        for batch in parquet.read_row_group(group, columns=present).to_batches(batch_rows):
+            batch = _conform(batch, wanted, keep=[*keep, "kind"])
+            yield _conform(batch.filter(cond.mask(batch)), columns, keep)
+
+
+def _tail_batches(snap: Snapshot, wanted: list[str], columns: Sequence[str], cond: Where,
+                  batch_rows: int) -> Iterator[pa.RecordBatch]:
+    if snap.tail.num_rows:
+        for batch in snap.tail.select(wanted).to_batches(batch_rows):
+            yield _conform(batch.filter(cond.mask(batch)), columns)
 
 
 def batches(snap: Snapshot, columns: Sequence[str], cond: Where, batch_rows: int = 131_072) -> Iterator[pa.RecordBatch]:
     """Matching rows, `columns` only, in no particular order."""
     wanted = list(dict.fromkeys([*columns, *cond.columns()]))
     for entry in snap.manifest.files:
-        if not cond.may_match(entry):
-            continue
-        parquet = pq.ParquetFile(snap.data_dir / entry.path)
-        names = set(parquet.schema_arrow.names)
-        present = [c for c in wanted if c in names]
-        for group in range(parquet.num_row_groups):
-            if cond.rare and cond.kinds is not None and not _has_kind(parquet, group, cond.kinds):
-                continue
-            for batch in parquet.read_row_group(group, columns=present).to_batches(batch_rows):
-                batch = _conform(batch, wanted)
-                yield _conform(batch.filter(cond.mask(batch)), columns)
-    if snap.tail.num_rows:
-        for batch in snap.tail.select(wanted).to_batches(batch_rows):
-            yield _conform(batch.filter(cond.mask(batch)), columns)
+        if cond.may_match(entry):
+            yield from _file_batches(snap, entry, wanted, columns, cond, batch_rows)
+    yield from _tail_batches(snap, wanted, columns, cond, batch_rows)
+
+
+def map_batches(snap: Snapshot, columns: Sequence[str], cond: Where, fn: Callable[[pa.RecordBatch], T], *,
+                keep_dictionary: Sequence[str] = (), threads: int = 2, batch_rows: int = 131_072) -> Iterator[T]:
+    """`fn` of every matching batch, files read in `threads` threads (Arrow decodes and computes
+    without the GIL), results in no particular order. For big scans reduced to small results;
+    `keep_dictionary` columns reach `fn` dictionary-encoded (group by them, then decode the result)."""
+    wanted = list(dict.fromkeys([*columns, *cond.columns()]))
+    entries = [e for e in snap.manifest.files if cond.may_match(e)]
+
+    def one_file(entry: FileEntry) -> list[T]:
+        return [fn(b) for b in _file_batches(snap, entry, wanted, columns, cond, batch_rows, keep_dictionary)
+                if b.num_rows]
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="scan") as pool:
+        for results in pool.map(one_file, entries):
+            yield from results
+    yield from (fn(b) for b in _tail_batches(snap, wanted, columns, cond, batch_rows) if b.num_rows)
 
 
 def table(snap: Snapshot, columns: Sequence[str], cond: Where) -> pa.Table:

@@ -19,7 +19,7 @@ from domain.limits import settings_from_config
 from eventlog.base import EventLog
 from eventlog.filelog import FileEventLog
 from eventlog.ids import now_us
-from eventlog.projections import rebuild_policy, rebuild_switches, rebuild_ttft, rebuild_usage
+from eventlog.projections import operator_facts, rebuild_policy, rebuild_switches, rebuild_ttft, rebuild_usage
 from eventlog.reader import take_snapshot
 from functions.config import BrokerConfig
 from functions.state import BrokerState
@@ -32,10 +32,11 @@ def _restore(state: BrokerState, config: BrokerConfig, data_dir: Path | None) ->
         book.set(scope, settings, none_means_unlimited=True)
     if data_dir is not None:
         snap = take_snapshot(data_dir)  # one snapshot for every projection
-        rebuild_policy(data_dir, book, snap)
+        facts = operator_facts(data_dir, snap)
+        rebuild_policy(data_dir, book, snap, facts)
         rebuild_usage(data_dir, now_us(), state.admission.usage, snap)
         state.ttft_us.update(rebuild_ttft(data_dir, now_us(), snap=snap))
-        switches = rebuild_switches(data_dir, snap)
+        switches = rebuild_switches(data_dir, snap, facts)
         for name, enabled in switches.items():
             if name in state.providers:
                 state.providers[name].enabled = enabled
