@@ -1,6 +1,6 @@
 """What the broker costs on top of the provider call, against the thinnest possible forwarder.
 
-Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp]`. Needs `wrk`
+Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp] [--pin]`. Needs `wrk`
 (Debian package). In one run, on 127.0.0.1, it starts a fast upstream (`bench/fast_upstream.py`),
 the floor (`bench/floor.py`: uvicorn + aiohttp, bytes in, bytes out) and the broker (`aibroker serve`
 with a custom provider on that upstream, every limit lifted), and measures for JSON and SSE at each
@@ -55,9 +55,24 @@ def wait_ready(url: str, seconds: float = 30.0) -> None:
     raise SystemExit(f"not ready in {seconds}s: {url}")
 
 
+def on_cpus(cpus: set[int] | None):  # type: ignore[no-untyped-def]
+    """A `preexec_fn` pinning the child (and its threads) to `cpus`; None leaves it free."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+# --pin: the forwarder under test (floor or broker, with all its threads) gets CPU 0 alone; wrk and
+# the upstream share CPU 1. Same conditions for both, and far less run-to-run noise than free placement.
+SERVER_CPUS: set[int] | None = None
+CLIENT_CPUS: set[int] | None = None
+
+
 @contextmanager
-def process(cmd: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def process(cmd: list[str], env: dict[str, str], ready_url: str,
+            cpus: set[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=on_cpus(cpus))
     try:
         wait_ready(ready_url)
         yield proc
@@ -94,6 +109,7 @@ def wrk(url: str, body: str, seconds: int, connections: int) -> dict[str, float]
         script = f.name
     try:
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                             preexec_fn=on_cpus(CLIENT_CPUS),
                              capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     finally:
         os.unlink(script)
@@ -118,7 +134,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", default="16,64")
     ap.add_argument("--clients", default="aiohttp", help="broker upstream clients to run, e.g. aiohttp,httpx")
+    ap.add_argument("--pin", action="store_true",
+                    help="floor and broker on CPU 0 (one at a time under load), wrk and the upstream on CPU 1")
     args = ap.parse_args()
+    global SERVER_CPUS, CLIENT_CPUS
+    if args.pin:
+        SERVER_CPUS, CLIENT_CPUS = {0}, {1}
     if shutil.which("wrk") is None:
         print("bench/broker.py needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -127,21 +148,22 @@ def main() -> int:
     up_port, floor_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     print(f"# bench/broker.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}  wrk -t2, {args.seconds}s per run; "
-          "upstream, floor, broker and wrk share the machine")
+          + ("floor/broker pinned to CPU 0, wrk and upstream to CPU 1" if args.pin
+             else "upstream, floor, broker and wrk share the machine"))
     rows: list[tuple[str, str, int, dict[str, float]]] = []
     rss: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, \
             process([sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], env,
-                    f"{upstream}/v1/models"), \
+                    f"{upstream}/v1/models", CLIENT_CPUS), \
             process([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(floor_port), "--upstream", upstream],
-                    env, f"http://127.0.0.1:{floor_port}/v1/models") as floor:
+                    env, f"http://127.0.0.1:{floor_port}/v1/models", SERVER_CPUS) as floor:
         Path(tmp, "models.yml").write_text(CONFIG % upstream)
         for client in args.clients.split(","):
             port = free_port()
             broker_env = {**env, "AIBROKER_DATA_DIR": f"{tmp}/data-{client}", "UPSTREAM_CLIENT": client,
                           "MODELS_CONFIG_PATH": f"{tmp}/models.yml"}
             cmd = [sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--admin", "off", "--no-sockets"]
-            with process(cmd, broker_env, f"http://127.0.0.1:{port}/ready") as broker:
+            with process(cmd, broker_env, f"http://127.0.0.1:{port}/ready", SERVER_CPUS) as broker:
                 idle = rss_mib(broker.pid)
                 for mode, stream in (("json", ""), ("sse", '"stream":true,')):
                     for c in conns:

@@ -3,7 +3,9 @@
 Run: `python bench/soak.py [--requests 1000000] [--connections 64] [--slice 20]`. Needs `wrk`.
 Starts the fast upstream and the broker (limits lifted) on 127.0.0.1, drives wrk in slices, and prints
 RSS at idle, after the warm-up slice and after every slice, then the growth from warm-up to the end
-(target ≤ 10 %). Bounded: stops at N requests or after `--max-minutes`.
+(target ≤ 10 %) and over the second half of the run (flat = no per-request growth once the bounded
+windows — 60 s of rate entries, 200k remembered event ids — are full). Bounded: stops at N requests
+or after `--max-minutes`.
 """
 
 from __future__ import annotations
@@ -42,16 +44,22 @@ def main() -> int:
         with bb.process(cmd, broker_env, f"http://127.0.0.1:{port}/ready") as broker:
             idle = bb.rss_mib(broker.pid)
             print(f"idle RSS {idle:.1f} MiB")
-            done, warm, deadline = 0, None, time.monotonic() + args.max_minutes * 60
+            done, warm, half, peak, deadline = 0, None, None, 0.0, time.monotonic() + args.max_minutes * 60
             while done < args.requests and time.monotonic() < deadline:
                 r = bb.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", bb.BODY % ("auto", ""), args.slice, args.connections)
                 done += int(r["requests"])
                 rss = bb.rss_mib(broker.pid)
                 warm = warm or rss
+                peak = max(peak, rss)
+                if half is None and done >= args.requests // 2:
+                    half = rss
                 print(f"{done:>10,} requests  {r['rps']:7.0f} req/s  p99 {r['p99']:7.2f} ms  non-2xx {r['errors']:.0f}  RSS {rss:7.1f} MiB")
             growth = (rss - warm) / warm * 100
             print(f"RSS: idle {idle:.1f} MiB, after the first slice {warm:.1f} MiB, at the end {rss:.1f} MiB "
-                  f"({growth:+.1f} % from the first slice to the end, over {done:,} requests)")
+                  f"({growth:+.1f} % from the first slice to the end, over {done:,} requests), peak {peak:.1f} MiB")
+            if half:
+                print(f"RSS over the second half: {half:.1f} MiB at {args.requests // 2:,}+ requests -> {rss:.1f} MiB "
+                      f"at the end ({(rss - half) / half * 100:+.1f} %)")
     return 0
 
 
