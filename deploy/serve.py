@@ -87,6 +87,16 @@ def tune_gc() -> None:
     trim_heap()
 
 
+def tune_malloc() -> None:
+    """Blocks of 1 MiB and more (sealing's WAL reads, Arrow and Parquet buffers) come from mmap and go
+    back to the OS when freed. glibc otherwise raises its mmap threshold after the first such free and
+    keeps later big blocks in the heap until a trim. Set before any thread starts."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def trim_heap() -> None:
     """Give memory freed after start-up (the rebuild's DuckDB and Arrow buffers) back to the OS."""
     try:
@@ -221,6 +231,7 @@ def main(args: Any) -> int:
     if not plan:
         print("aibroker: nothing to listen on (sockets off and no --tcp)", file=sys.stderr)
         return 2
+    tune_malloc()
     try:
         import uvloop
 
