@@ -23,7 +23,7 @@ from eventlog.columnar import event_schema, table_to_events
 from eventlog.manifest import FileEntry
 from eventlog.reader import Snapshot
 
-Extra = Callable[[pa.RecordBatch], pa.Array]  # a further row condition (a boolean mask)
+Extra = Callable[[pa.RecordBatch], pa.Array]  # a further row condition (a boolean mask) over the asked columns
 T = TypeVar("T")
 
 
