@@ -257,7 +257,8 @@ class Relay:
         self.call, self.provider, self.offer, self.index = call, provider, offer, index
         self.resp, self.first, self.chunks = resp, first, chunks
         self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
-        self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage)
+        self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage,
+                                  eager_chars=call.cost_cap_micros is not None)  # a cap reads chars per chunk
         self.outcome = "client_disconnect"
         self.closed = self.settled = False
 
@@ -279,7 +280,7 @@ class Relay:
         scanner = self.scanner
         try:
             async for chunk in self._chunks():
-                delivered = scanner.chars
+                delivered = scanner.chars if self.call.cost_cap_micros is not None else 0
                 out = scanner.feed(chunk)
                 if scanner.done:
                     self.outcome = "ok"

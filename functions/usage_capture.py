@@ -84,16 +84,49 @@ def estimate_completion_tokens(chars: int) -> int:
     return estimate_tokens_from_chars(chars)
 
 
-class SseScanner:
-    """Frames an SSE byte stream into events; notes usage, [DONE] and text length as they pass."""
+LAZY_TEXT_BYTES = 256 * 1024  # text kept uncounted at most this long (then counted and let go)
 
-    def __init__(self, strip_usage_chunk: bool) -> None:
+
+class SseScanner:
+    """Frames an SSE byte stream into events; notes usage, [DONE] and text length as they pass.
+
+    Text length only matters when the stream ends without usage (it is then estimated) or when a
+    budget cap is checked as the stream goes. With `eager_chars=False` the forwarded events are
+    counted only if `chars` is read before usage arrives; once usage is seen they are never counted.
+    """
+
+    def __init__(self, strip_usage_chunk: bool, eager_chars: bool = True) -> None:
         self._strip = strip_usage_chunk
+        self._eager = eager_chars
         self._buf = b""
         self.usage: Usage | None = None
         self.done = False
-        self.chars = 0
+        self._chars = 0
+        self._uncounted: list[bytes] = []
+        self._uncounted_bytes = 0
         self.events = 0
+
+    @property
+    def chars(self) -> int:
+        """Characters of generated text seen so far (what an estimate uses)."""
+        if self._uncounted:
+            self._chars += sum(map(text_chars, self._uncounted))
+            self._uncounted, self._uncounted_bytes = [], 0
+        return self._chars
+
+    @chars.setter
+    def chars(self, value: int) -> None:
+        self._uncounted, self._uncounted_bytes = [], 0
+        self._chars = value
+
+    def _count_text(self, events: bytes) -> None:
+        if self._eager:
+            self._chars += text_chars(events)
+        elif self.usage is None:
+            self._uncounted.append(events)
+            self._uncounted_bytes += len(events)
+            if self._uncounted_bytes > LAZY_TEXT_BYTES:
+                _ = self.chars  # count and let go: a long stream must not pin its text
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the stream so far.
@@ -136,7 +169,7 @@ class SseScanner:
 
     def _note(self, events: bytes, crlf: bool) -> None:
         self.events += events.count(b"\n\n") + (events.count(b"\r\n\r\n") if crlf else 0)
-        self.chars += text_chars(events)
+        self._count_text(events)
         if not self.done:
             self.done = _has_done_line(events)
 
@@ -149,6 +182,7 @@ class SseScanner:
                 return framed
             if parsed.usage is not None:
                 self.usage = parsed.usage
+                self._uncounted, self._uncounted_bytes = [], 0  # usage came: no estimate needed
                 if self._strip and not parsed.choices:
                     return b""
         return framed
@@ -157,5 +191,5 @@ class SseScanner:
         """Whatever trailing bytes never got a blank line (forwarded as they are)."""
         rest, self._buf = self._buf, b""
         if rest:
-            self.chars += text_chars(rest)
+            self._count_text(rest)
         return rest

@@ -221,3 +221,32 @@ def test_impossible_provider_counts_are_not_usage(field: str, value: int) -> Non
 def test_the_largest_sane_counts_are_usage() -> None:
     usage = usage_of_body(b'{"usage": {"prompt_tokens": 1099511627776, "completion_tokens": 0}}')
     assert usage is not None and usage.prompt_tokens == 2**40
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_lazy_text_counting_gives_the_same_stream_and_counts_when_usage_never_comes(strip: bool) -> None:
+    """The relay counts text only when it may need an estimate: without usage the count is the eager
+    one at every split point; the forwarded bytes never change."""
+    no_usage = STREAM.replace(USAGE_CHUNK, b"")
+    for data in (STREAM, no_usage):
+        for cut in range(len(data) + 1):
+            eager = SseScanner(strip_usage_chunk=strip)
+            lazy = SseScanner(strip_usage_chunk=strip, eager_chars=False)
+            outs = [b"".join(s.feed(part) for part in (data[:cut], data[cut:])) + s.finish() for s in (eager, lazy)]
+            assert outs[0] == outs[1], cut
+            if data is no_usage:
+                assert lazy.usage is None and lazy.chars == eager.chars == len("Hello world"), cut
+
+
+def test_lazy_counting_lets_go_of_text_once_usage_arrives_and_bounds_what_it_keeps() -> None:
+    scanner = SseScanner(strip_usage_chunk=True, eager_chars=False)
+    scanner.feed(content_chunk("Hello") + USAGE_CHUNK)
+    assert scanner.usage is not None and scanner._uncounted == []
+    scanner.feed(content_chunk("after usage"))  # never needed for an estimate: not kept
+    assert scanner._uncounted == []
+    long_stream = SseScanner(strip_usage_chunk=True, eager_chars=False)
+    piece = content_chunk("x" * 1000)
+    for _ in range(600):  # ~600 kB of text and no usage yet: counted as it goes past the bound
+        long_stream.feed(piece)
+    assert long_stream._uncounted_bytes <= 256 * 1024
+    assert long_stream.chars == 600 * 1000
