@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,16 @@ RELEASE_EVERY_S = 30.0  # give Arrow's freed memory back to the OS at most this 
 Entry = tuple[bytes, int, "asyncio.Future[None]", bool]
 
 
+def _drain(queue: deque[Entry]) -> list[Entry]:
+    """Everything queued now, oldest first (appenders may keep appending meanwhile)."""
+    out = []
+    try:
+        while True:
+            out.append(queue.popleft())
+    except IndexError:
+        return out
+
+
 class FileEventLog:
     """Use `await FileEventLog.open(data_dir)`; `await log.close()` seals the WAL."""
 
@@ -45,8 +56,13 @@ class FileEventLog:
         self._rotate_events, self._rotate_s = rotate_events, rotate_s
         self._max_pending, self._compact_after = max_pending, compact_after
         self._compact_in_child = True
-        self._queue: list[Entry] = []  # shared with the writer thread, under `_cond`
-        self._cond = threading.Condition(threading.Lock())
+        # Shared with the writer thread: deque appends and pops are atomic. An appender wakes the
+        # writer only when it sleeps (`_idle`), by releasing `_wake` (a lock used as a binary
+        # semaphore: one C call, where `Condition.notify` is several Python ones per append).
+        self._queue: deque[Entry] = deque()
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held = no wake-up pending
+        self._idle = False  # the writer is about to sleep; it looks at the queue after setting this
         self._stop = False  # writer thread: drain the queue, then exit
         self._pending_events = 0  # loop side: queued, not yet acknowledged
         self._space = asyncio.Event()
@@ -125,9 +141,15 @@ class FileEventLog:
         return out, fut
 
     def _enqueue(self, entry: Entry) -> None:
-        with self._cond:
-            self._queue.append(entry)
-            self._cond.notify()
+        self._queue.append(entry)
+        if self._idle:  # set before the writer's last look at the queue: one of us sees the other
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # a wake-up is already pending
+            pass
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -152,8 +174,7 @@ class FileEventLog:
             f"{detail}); appends are refused until the log is reopened"
         )
         log.error("%s", self._failure)
-        with self._cond:
-            queued, self._queue = self._queue, []
+        queued = _drain(self._queue)
         for _, _, fut, _ in batch + queued:
             if not fut.done():
                 fut.set_exception(self._failure)
@@ -167,11 +188,13 @@ class FileEventLog:
         batch: list[Entry] = []
         try:
             while True:
-                with self._cond:
+                if not self._queue:
+                    self._idle = True
                     if not self._queue and not self._stop:
-                        self._cond.wait(self._until_rotation())
-                    batch, self._queue = self._queue, []
-                    stop = self._stop and not batch
+                        self._wake.acquire(timeout=self._until_rotation())  # a stale wake-up only loops once
+                    self._idle = False
+                batch = _drain(self._queue)
+                stop = self._stop and not batch
                 if stop:
                     return
                 count = sum(n for _, n, _, _ in batch)
@@ -275,9 +298,8 @@ class FileEventLog:
         if self._thread is None:
             return
         self._closing = True
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
+        self._stop = True
+        self._wake_writer()
         await asyncio.to_thread(self._thread.join)
         await asyncio.sleep(0)  # run the writer's last acknowledgements
         self._thread = None

@@ -69,7 +69,7 @@ class Sealer:
         entry = None
         with self.lock:
             through = self.manifest.sealed_through
-        if table.num_rows:
+        if table.num_rows and table.column("seq")[0].as_py() <= through:  # a re-seal after a crash
             table = table.filter(pc.greater(table.column("seq"), through))
         if table.num_rows:
             first = table.column("seq")[0].as_py()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from msgspec.structs import replace
@@ -14,12 +13,15 @@ class Stamper:
     """Hands out gapless `seq` numbers and remembers recent `event_id`s (bounded window).
 
     `prepare` validates the whole batch before any state changes, so a bad event writes nothing.
+    The window is two generations of plain dicts: the newest `window // 2` to `window` ids are
+    remembered, and forgetting is one swap per `window // 2` ids (no per-append eviction).
     """
 
     def __init__(self, next_seq: int = 1, window: int = 200_000) -> None:
         self.next_seq = next_seq
-        self._recent: OrderedDict[str, int] = OrderedDict()  # oldest first: O(1) eviction
-        self._window = window
+        self._young: dict[str, int] = {}
+        self._old: dict[str, int] = {}
+        self._generation = max(1, window // 2)
 
     def prepare(self, events: Sequence[Event]) -> tuple[list[Event], list[bytes]]:
         """Returns (events as they stand in the log, WAL lines for the new ones)."""
@@ -27,17 +29,21 @@ class Stamper:
         lines: list[bytes] = []
         batch_ids: dict[str, int] = {}
         seq = self.next_seq
+        young, old = self._young, self._old
         for event in events:
             if not isinstance(event, Event):
                 raise TypeError(f"append takes events, got {type(event).__name__}")
-            known = self._recent.get(event.event_id, batch_ids.get(event.event_id))
+            event_id = event.event_id
+            known = young.get(event_id)
+            if known is None:
+                known = old.get(event_id, batch_ids.get(event_id))
             if known is not None:
                 out.append(replace(event, seq=known))
                 continue
             stamped = replace(event, seq=seq)
             line = encode(stamped)
             validate(event, line)  # constraints; raises msgspec.ValidationError naming the path
-            batch_ids[event.event_id] = seq
+            batch_ids[event_id] = seq
             out.append(stamped)
             lines.append(line + b"\n")
             seq += 1
@@ -51,13 +57,14 @@ class Stamper:
         self._remember(ids)
 
     def _remember(self, ids: dict[str, int]) -> None:
-        recent = self._recent
-        recent.update(ids)
-        while len(recent) > self._window:
-            recent.popitem(last=False)
+        young = self._young
+        young.update(ids)
+        if len(young) >= self._generation:
+            self._old, self._young = young, {}
 
     def forget_from(self, seq: int) -> None:
         """Roll back stamping after a failed write so `seq` stays gapless."""
         self.next_seq = min(self.next_seq, seq)
-        for key in [k for k, v in self._recent.items() if v >= seq]:
-            del self._recent[key]
+        for ids in (self._young, self._old):
+            for key in [k for k, v in ids.items() if v >= seq]:
+                del ids[key]

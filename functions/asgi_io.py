@@ -21,6 +21,15 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def headers_named(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
+    """The first value of each header in `names`, in one pass over the request's headers."""
+    out: dict[bytes, str] = {}
+    for key, value in scope["headers"]:
+        if key in names and key not in out:
+            out[key] = value.decode("latin-1")
+    return out
+
+
 async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BrokerError("body_too_large", f"the request body of {declared} bytes exceeds the limit of {limit} bytes")

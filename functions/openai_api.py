@@ -16,10 +16,10 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from domain.events import UsageRecorded
-from domain.identity import IdentityError, client_ip, context_of, user_of
+from domain.identity import IdentityError, context_of, user_of
 from eventlog.base import EventLogError
 from eventlog.ids import now_us, uuid7
-from functions.asgi_io import header, read_body, send_bytes, send_error, send_stream
+from functions.asgi_io import headers_named, read_body, send_bytes, send_error, send_stream
 from functions.errors import BrokerError, error_body
 from functions.pipeline import Call, Caller, serve
 from functions.request_body import ParsedRequest, parse_chat, parse_completion, parse_embedding
@@ -27,9 +27,11 @@ from functions.state import BrokerState
 
 log = logging.getLogger("aibroker.api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_HEADERS = frozenset({b"x-forwarded-for", b"x-real-ip", b"x-hero-context", b"x-hero-user", b"x-request-id",
+                      b"content-length"})
 
 
-def caller_of(scope: Scope, state: BrokerState) -> tuple[Caller, BrokerError | None]:
+def caller_of(scope: Scope, headers: dict[bytes, str], state: BrokerState) -> tuple[Caller, BrokerError | None]:
     """(ip, context, user, request id) of this exchange, and the error if the context is bad.
 
     A bad context is still logged (as context "") so an operator sees who sent it; it is never
@@ -39,23 +41,21 @@ def caller_of(scope: Scope, state: BrokerState) -> tuple[Caller, BrokerError | N
     """
     cfg = state.config
     client = scope.get("client")
-    peer = client[0] if client else None
-    ip = client_ip(peer, header(scope, b"x-forwarded-for"), header(scope, b"x-real-ip"),
-                   trusted=state.trusted, via_unix_socket=not peer, v6_prefix=cfg.ipv6_bucket_prefix)
-    context = context_of(header(scope, b"x-hero-context"), cfg.default_context, cfg.allowed_contexts)
+    ip = state.client_ip(client[0] if client else None, headers.get(b"x-forwarded-for"), headers.get(b"x-real-ip"))
+    context = context_of(headers.get(b"x-hero-context"), cfg.default_context, cfg.allowed_contexts)
     error = None
     if isinstance(context, IdentityError):
         error = BrokerError(context.code, context.message, param="X-Hero-Context")
         context = ""
-    user = user_of(header(scope, b"x-hero-user"))
-    rid = header(scope, b"x-request-id")
+    user = user_of(headers.get(b"x-hero-user"))
+    rid = headers.get(b"x-request-id")
     if rid is None or not _REQUEST_ID.fullmatch(rid):
         rid = uuid7()
     return Caller(ip=ip, context=context, user=user, request_id=rid), error
 
 
 async def _admit_input(scope: Scope, receive: Receive, call: Call, bad_context: BrokerError | None,
-                       parse: Callable[[bytes], ParsedRequest]) -> None:
+                       parse: Callable[[bytes], ParsedRequest], declared_length: str | None) -> None:
     """Method, shutdown, context, size and body checks; a refusal is logged, then raised."""
     state = call.state
     try:
@@ -65,7 +65,7 @@ async def _admit_input(scope: Scope, receive: Receive, call: Call, bad_context: 
             raise BrokerError("shutting_down", "the broker is shutting down; retry on another instance")
         if bad_context is not None:
             raise bad_context
-        raw = await read_body(receive, state.config.max_body_bytes, header(scope, b"content-length"))
+        raw = await read_body(receive, state.config.max_body_bytes, declared_length)
         call.body_bytes = len(raw)
         call.parsed = parse(raw)
     except BrokerError as exc:
@@ -77,7 +77,8 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
                 parse: Callable[[bytes], ParsedRequest]) -> None:
     state: BrokerState = scope["app"].state.broker
     settled: list[UsageRecorded] = []
-    caller, bad_context = caller_of(scope, state)
+    named = headers_named(scope, _HEADERS)
+    caller, bad_context = caller_of(scope, named, state)
     headers = {"x-request-id": caller.request_id}
     call = Call(state, caller, endpoint, path, parsed=None)  # type: ignore[arg-type]
     answer = None
@@ -87,7 +88,7 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
         settled.append(usage)
 
     try:
-        await _admit_input(scope, receive, call, bad_context, parse)
+        await _admit_input(scope, receive, call, bad_context, parse, named.get(b"content-length"))
         answer = await serve(call, settle)
         headers.update(answer.headers)
         headers.update(state.admission.headers((caller.ip, caller.context), now_us()))

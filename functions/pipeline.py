@@ -67,7 +67,8 @@ class Call:
 
     def event(self, cls: type[Event], **fields: Any) -> Any:
         c = self.caller
-        return cls(event_id=uuid7(), ts_us=now_us(), source=self.state.config.source, request_id=c.request_id,
+        ts = now_us()
+        return cls(event_id=uuid7(ts), ts_us=ts, source=self.state.config.source, request_id=c.request_id,
                    ip=c.ip, context=c.context, user=c.user, **fields)
 
     def event_rejected(self, error: BrokerError) -> RequestRejected:

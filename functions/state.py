@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from domain.events import Event, UsageRecorded
-from domain.identity import Network, parse_networks
+from domain.identity import Network, client_ip, parse_networks
 from domain.limits import PolicyBook
 from domain.routing import NoRoute, RouteDecision, RouteRequest, route
 from domain.usage_projection import UsageProjection
@@ -27,6 +27,7 @@ from functions.providers import Provider, unhealthy
 from functions.upstream import Timeouts, UpstreamClient, make_client
 
 log = logging.getLogger("aibroker")
+CLIENT_IPS_REMEMBERED = 16_384
 
 
 class TappedLog:
@@ -68,6 +69,7 @@ class BrokerState:
         self.providers = {p.name: Provider.of(p, self.clients[p.name], config.key_cooldown_s) for p in config.providers}
         self.catalog = CatalogService(self.providers, config.model_overrides, config.static_models, config.source)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
+        self._client_ips: dict[tuple[str | None, str | None, str | None], str] = {}
         self.admission = Admission(PolicyBook(), UsageProjection())
         self.accepting = True
         self.billing_lock = asyncio.Lock()
@@ -75,6 +77,18 @@ class BrokerState:
         self._down: frozenset[str] = frozenset()
         self._down_at = -1.0
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None, real_ip: str | None) -> str:
+        """The bucket ip for (peer, X-Forwarded-For, X-Real-IP), remembered: a busy broker sees the
+        same few peers and proxy chains over and over, and parsing them is slow Python."""
+        key = (peer, forwarded_for, real_ip)
+        ip = self._client_ips.get(key)
+        if ip is None:
+            if len(self._client_ips) >= CLIENT_IPS_REMEMBERED:
+                self._client_ips.clear()
+            ip = self._client_ips[key] = client_ip(peer, forwarded_for, real_ip, trusted=self.trusted,
+                                                   via_unix_socket=not peer, v6_prefix=self.config.ipv6_bucket_prefix)
+        return ip
 
     def route(self, request: RouteRequest, key: tuple[str, str]) -> tuple[RouteDecision | NoRoute, str]:
         policy = self.admission.policy(key)
