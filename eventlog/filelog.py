@@ -146,10 +146,11 @@ class FileEventLog:
             self._wake_writer()
 
     def _wake_writer(self) -> None:
-        try:
-            self._wake.release()
-        except RuntimeError:  # a wake-up is already pending
-            pass
+        if self._wake.locked():  # else a wake-up is already pending
+            try:
+                self._wake.release()
+            except RuntimeError:  # ... it just became one
+                pass
 
     def _check_open(self) -> None:
         if self._failure is not None:

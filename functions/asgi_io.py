@@ -86,7 +86,7 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
             task.exception()  # retrieved: a failing receive also ends the stream
         pumping.cancel()
 
-    watching = asyncio.ensure_future(_until_disconnect(receive))
+    watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
     watching.add_done_callback(client_gone)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers)})

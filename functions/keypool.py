@@ -75,7 +75,10 @@ class KeyPool:
         self.states[index].in_flight -= 1
 
     def healthy(self, now_s: float) -> bool:
-        return any(st.usable(now_s) for st in self.states)
+        for st in self.states:  # a loop, not any(genexpr): this runs on every request
+            if st.usable(now_s):
+                return True
+        return False
 
     def report(self, index: int, status: int | None, now_s: float, retry_after_s: float | None = None) -> None:
         """Record an attempt's outcome: `status` None means a network error or timeout."""
