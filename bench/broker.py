@@ -1,11 +1,13 @@
 """What the broker costs on top of the provider call, against the thinnest possible forwarder.
 
-Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp] [--pin]`. Needs `wrk`
+Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp] [--pin] [--rounds N]`. Needs `wrk`
 (Debian package). In one run, on 127.0.0.1, it starts a fast upstream (`bench/fast_upstream.py`),
 the floor (`bench/floor.py`: uvicorn + aiohttp, bytes in, bytes out) and the broker (`aibroker serve`
 with a custom provider on that upstream, every limit lifted), and measures for JSON and SSE at each
 connection count: (a) straight to the upstream, (b) the floor, (c) the broker — req/s, p50/p90/p99,
 CPU per request (from /proc) — then the broker/floor ratios and the broker's RSS idle and after.
+With `--rounds N` the floor and the broker take turns N times per row and the median run (by req/s)
+is shown, with the range: on a shared VM one run of each can differ by ±25 % from the next.
 """
 
 from __future__ import annotations
@@ -129,11 +131,19 @@ def measured(pid: int | None, url: str, body: str, seconds: int, connections: in
     return result
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median req/s (the lower middle of an even count), with the range of req/s."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return {**ordered[(len(ordered) - 1) // 2], "rps_min": ordered[0]["rps"], "rps_max": ordered[-1]["rps"],
+            "runs": float(len(ordered)), "errors": sum(r["errors"] for r in runs)}  # non-2xx of every run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", default="16,64")
     ap.add_argument("--clients", default="aiohttp", help="broker upstream clients to run, e.g. aiohttp,httpx")
+    ap.add_argument("--rounds", type=int, default=1, help="floor and broker alternate this many runs per row; medians")
     ap.add_argument("--pin", action="store_true",
                     help="floor and broker on CPU 0 (one at a time under load), wrk and the upstream on CPU 1")
     args = ap.parse_args()
@@ -167,23 +177,33 @@ def main() -> int:
                 idle = rss_mib(broker.pid)
                 for mode, stream in (("json", ""), ("sse", '"stream":true,')):
                     for c in conns:
-                        if client == args.clients.split(",")[0]:
+                        first = client == args.clients.split(",")[0]
+                        if first:
                             rows.append((mode, "upstream", c, measured(None, f"{upstream}/v1/chat/completions",
                                                                        BODY % ("bench-model", stream), args.seconds, c)))
-                            rows.append((mode, "floor", c, measured(floor.pid, f"http://127.0.0.1:{floor_port}/v1/chat/completions",
-                                                                    BODY % ("bench-model", stream), args.seconds, c)))
-                        rows.append((mode, f"broker/{client}", c, measured(broker.pid, f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                                          BODY % ("auto", stream), args.seconds, c)))
+                        floors, brokers = [], []
+                        for _ in range(max(1, args.rounds)):  # taking turns: drift in the VM hits both
+                            if first:
+                                floors.append(measured(floor.pid, f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+                                                       BODY % ("bench-model", stream), args.seconds, c))
+                            brokers.append(measured(broker.pid, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                    BODY % ("auto", stream), args.seconds, c))
+                        if first:
+                            rows.append((mode, "floor", c, median_run(floors)))
+                        rows.append((mode, f"broker/{client}", c, median_run(brokers)))
                 rss[client] = (idle, rss_mib(broker.pid))
     report(rows, rss)
     return 0
 
 
 def report(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, tuple[float, float]]) -> None:
-    print(f"{'mode':5} {'target':15} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'non-2xx':>8}")
+    spread = any(r.get("runs", 1) > 1 for _, _, _, r in rows)
+    print(f"{'mode':5} {'target':15} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'non-2xx':>8}"
+          + (f" {'req/s range (runs)':>20}" if spread else ""))
     for mode, target, c, r in rows:
         cpu = f"{r['cpu_ms']:10.3f}" if "cpu_ms" in r else f"{'':>10}"
-        print(f"{mode:5} {target:15} {c:5d} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {cpu} {r['errors']:8.0f}")
+        extra = f" {r['rps_min']:8.0f}-{r['rps_max']:<6.0f} ({r['runs']:.0f})" if spread and "runs" in r else ""
+        print(f"{mode:5} {target:15} {c:5d} {r['rps']:8.0f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} {cpu} {r['errors']:8.0f}{extra}")
     print("ratios broker / floor (same mode, same connections):")
     floors = {(m, c): r for m, t, c, r in rows if t == "floor"}
     for mode, target, c, r in rows:

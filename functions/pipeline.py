@@ -271,30 +271,38 @@ class Relay:
         cost = cost_micros(est, estimate_completion_tokens(self.scanner.chars), 0, self.offer.prices)
         return cost is not None and cost > cap
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        yield self.first
-        async for chunk in self.chunks:
-            yield chunk
+    def _relay(self, chunk: bytes) -> tuple[bytes, bool]:
+        """(bytes to forward, cut?) for one upstream chunk; settles when the stream ends or is cut."""
+        scanner = self.scanner
+        delivered = scanner.chars if self.call.cost_cap_micros is not None else 0
+        out = scanner.feed(chunk)
+        if scanner.done:
+            self.outcome = "ok"
+            self.settle_once()
+        elif self._over_budget():  # checked before forwarding the chunk that crosses the cap
+            scanner.chars = delivered  # bill what the client received
+            self.outcome = "budget_cut"
+            self.settle_once()
+            code = self.call.budget_code or "budget_daily"
+            return sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget"), True
+        return out, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        """Usage settles before the client can see the end, so its next request meets the new spend."""
+        """Usage settles before the client can see the end, so its next request meets the new spend.
+        The first chunk (already read) and the rest go through one loop body: no extra generator layer."""
         scanner = self.scanner
         try:
-            async for chunk in self._chunks():
-                delivered = scanner.chars if self.call.cost_cap_micros is not None else 0
-                out = scanner.feed(chunk)
-                if scanner.done:
-                    self.outcome = "ok"
-                    self.settle_once()
-                elif self._over_budget():  # checked before forwarding the chunk that crosses the cap
-                    scanner.chars = delivered  # bill what the client received
-                    self.outcome = "budget_cut"
-                    self.settle_once()
-                    code = self.call.budget_code or "budget_daily"
-                    yield sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget")
-                    return
+            out, cut = self._relay(self.first)
+            if out:
+                yield out
+            if cut:
+                return
+            async for chunk in self.chunks:
+                out, cut = self._relay(chunk)
                 if out:
                     yield out
+                if cut:
+                    return
             rest = scanner.finish()
             if rest:
                 yield rest
