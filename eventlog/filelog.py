@@ -135,7 +135,8 @@ class FileEventLog:
         """
         self._check_open()
         out, lines = self._stamper.prepare(events)  # validates first: a bad event writes nothing
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # the loop the log was opened on (`get_running_loop()` makes a getpid syscall per call)
+        fut: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
         self._enqueue((b"".join(lines), len(lines), fut, False))
         self._pending_events += len(lines)
         return out, fut
