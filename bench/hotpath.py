@@ -22,15 +22,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.broker import CONFIG  # noqa: E402  (the same priced model, every limit lifted)
 from bench.fast_upstream import COMPLETION, MODELS, STREAM  # noqa: E402
 
-CONFIG = """providers:
-  bench: {base_url: "http://127.0.0.1:1/v1", keyless: true}
-models:
-  bench/bench-model: {input: "0.10", output: "0.40", context_window: 131072, listed: true, streaming: true}
-limits:
-  default: {requests_per_min: 100000000, tokens_per_min: 100000000000, concurrent: 100000}
-"""
 CONCURRENCY = 64
 
 
@@ -126,7 +120,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "models.yml").write_text(CONFIG)
+        Path(tmp, "models.yml").write_text(CONFIG % "http://127.0.0.1:1")  # never dialled: the stub answers
         os.environ.update(AIBROKER_DATA_DIR=f"{tmp}/data", MODELS_CONFIG_PATH=f"{tmp}/models.yml")
         print(f"# bench/hotpath.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}  "
               f"{CONCURRENCY} concurrent callers, stub upstream, real event log")
