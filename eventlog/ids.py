@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
+from collections.abc import Iterator
 
 _rng = random.Random(os.urandom(32))  # ids need uniqueness, not secrecy: no syscall per id
 _MASK48 = (1 << 48) - 1
-
-
-class _Millisecond:
-    """Per millisecond: the id's first 20 hex digits (time, version, rand_a, variant, 14 random bits)
-    once, and a 48-bit counter starting at a random value for the rest (RFC 9562 §6.2, method 1 with
-    a random start). Ids from one process are unique and increasing; another process's start differs
-    in 74 random bits. One %-format per id: this runs several times a request."""
-
-    ms = -1
-    prefix = ""
-    counter = 0
-
-
-_now = _Millisecond()
+# The millisecond being numbered: (its value, the id's first 20 hex digits, a counter from a random start).
+# Replaced as a whole and read into locals once per call; `next()` on the counter is one C call, so
+# threads (billing, tools) never hand out the same number.
+_current: tuple[int, str, Iterator[int]] = (-1, "", iter(()))
 
 
 def _reseed() -> None:
+    global _current
     _rng.seed(os.urandom(32))
-    _now.ms = -1  # a forked child must not continue the parent's sequence
+    _current = (-1, "", iter(()))  # a forked child must not continue the parent's sequence
 
 
 os.register_at_fork(after_in_child=_reseed)
@@ -34,17 +27,19 @@ os.register_at_fork(after_in_child=_reseed)
 
 def uuid7(now_us: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version 7, 12 random bits (rand_a), variant
-    0b10, then 62 bits: 14 random, and a 48-bit counter that starts at a random value each millisecond."""
+    0b10, then 62 bits: 14 random ones and a 48-bit counter that starts at a random value each
+    millisecond (§6.2). The first 20 hex digits are formatted once per millisecond, so an id costs one
+    %-format (this runs several times a request); ids increase as long as the clock does."""
+    global _current
     ms = (time.time_ns() // 1_000_000) if now_us is None else now_us // 1000
-    state = _now
-    if ms != state.ms:
+    at, prefix, counter = _current
+    if at != ms:
         rand = _rng.getrandbits(74)
-        state.ms, state.counter = ms, rand & _MASK48
-        state.prefix = "%08x-%04x-7%03x-%04x-" % (
+        prefix = "%08x-%04x-7%03x-%04x-" % (
             (ms >> 16) & 0xFFFFFFFF, ms & 0xFFFF, rand >> 62, 0x8000 | ((rand >> 48) & 0x3FFF))
-    else:
-        state.counter = (state.counter + 1) & _MASK48
-    return "%s%012x" % (state.prefix, state.counter)
+        counter = itertools.count(rand & _MASK48)
+        _current = (ms, prefix, counter)
+    return "%s%012x" % (prefix, next(counter) & _MASK48)
 
 
 def now_us() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import uuid
 
 from eventlog.ids import uuid7
@@ -51,3 +52,27 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     parent = uuid7(ts_us)
     assert UUID7.fullmatch(child) and child != parent
     assert child[:24] != parent[:24]  # the child drew its own random prefix for this millisecond
+
+
+def test_threads_making_ids_at_once_never_share_one() -> None:
+    import threading
+
+    made: list[list[str]] = [[] for _ in range(4)]
+    ts_us = 1_795_758_447_700_000  # one millisecond for all: the shared counter is what is tested
+
+    def make(out: list[str]) -> None:
+        for _ in range(20_000):
+            out.append(uuid7(ts_us))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows: races show up
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    every = [i for out in made for i in out]
+    assert len(set(every)) == len(every) == 80_000
