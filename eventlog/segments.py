@@ -28,7 +28,7 @@ def write_parquet(table: pa.Table, final: Path) -> int:
     """Durably write `table` at `final` (temp, fsync, rename, dir fsync); returns its size."""
     final.parent.mkdir(parents=True, exist_ok=True)
     sink = pa.BufferOutputStream()  # in memory, then one write: Arrow's file sink makes a write
-    pq.write_table(table, sink, **PARQUET_OPTIONS)  # and a seek per page (~1,400 syscalls a segment)
+    pq.write_table(table, sink, **PARQUET_OPTIONS)  # and a seek per page
     data = sink.getvalue()
     write_atomic(final, memoryview(data))
     return data.size
