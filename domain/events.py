@@ -8,6 +8,8 @@ defaults; money is integer micro-USD; no prompt text and no secrets, ever. The l
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from functools import cache
 from typing import Annotated, Any, Literal, Union, get_type_hints
 
 import msgspec
@@ -281,13 +283,42 @@ def validate(event: Event, data: bytes) -> None:
     if decoder is None:
         decoder = _typed_decoders[type(event)] = _checker(type(event))
     decoder.decode(data)  # a non-str context fails here
-    context = event.context
-    if context not in _contexts_ok:
-        if not _CONTEXT.search(context):
-            raise msgspec.ValidationError(f"Expected `str` matching regex {CONTEXT_PATTERN!r} - at `$.context`")
-        if len(_contexts_ok) >= CONTEXTS_REMEMBERED:
-            _contexts_ok.clear()
-        _contexts_ok.add(context)
+    if event.context not in _contexts_ok:
+        _check_context(event.context)
+
+
+def _check_context(context: str) -> None:
+    if not _CONTEXT.search(context):
+        raise msgspec.ValidationError(f"Expected `str` matching regex {CONTEXT_PATTERN!r} - at `$.context`")
+    if len(_contexts_ok) >= CONTEXTS_REMEMBERED:
+        _contexts_ok.clear()
+    _contexts_ok.add(context)
+
+
+def encode_lines(events: Sequence[Event]) -> bytes:
+    """Events as WAL lines (compact JSON, each ending in a newline), in one call."""
+    return _encoder.encode_lines(events)
+
+
+@cache
+def _lines_checker() -> msgspec.json.Decoder[Any]:
+    twins = tuple(_typed_decoders.setdefault(t, _checker(t)).type for t in EVENT_TYPES)
+    return msgspec.json.Decoder(Union[twins])  # type: ignore[valid-type]
+
+
+def validate_lines(events: Sequence[Event], data: bytes) -> None:
+    """`validate` for a batch: `data` is `encode_lines(events)`, checked in one decoder call (a
+    Python call per event was a third of the check). On a refusal each event is checked alone, so
+    the error names the event's own path (`$.cost_micros`, not `$[2].cost_micros`)."""
+    try:
+        _lines_checker().decode_lines(data)
+    except msgspec.ValidationError:
+        for event in events:
+            validate(event, encode(event))
+        # each passed alone: a kind outside the union (a subclass made elsewhere) — accepted, as alone
+    for event in events:
+        if event.context not in _contexts_ok:
+            _check_context(event.context)
 
 
 def kind_of(event: Event) -> str:

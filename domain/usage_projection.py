@@ -146,6 +146,15 @@ class UsageProjection:
             self.last_seq = event.seq
         return self
 
+    def apply_new(self, event: RequestAdmitted | UsageRecorded) -> None:
+        """Fold an admission or settlement the caller just made (a fresh `event_id`): no de-dup
+        bookkeeping. The seen-id sets are for replay, where a log may repeat an event; live, they
+        would cost two set operations per request and hold up to `dedup_window` ids for nothing."""
+        if isinstance(event, RequestAdmitted):
+            self._admitted(event)  # type: ignore[arg-type]
+        else:
+            self._settled(event)  # type: ignore[arg-type]
+
     def _admitted(self, e: RequestAdmitted) -> None:
         b = self.bucket((e.ip, e.context))
         entry = [e.ts_us, e.reserved_tokens, 1]

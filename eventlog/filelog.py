@@ -134,11 +134,13 @@ class FileEventLog:
         No back-pressure wait: for events that ride along a request already admitted.
         """
         self._check_open()
+        first = self._stamper.next_seq
         out, lines = self._stamper.prepare(events)  # validates first: a bad event writes nothing
+        count = self._stamper.next_seq - first
         # the loop the log was opened on (`get_running_loop()` makes a getpid syscall per call)
         fut: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._enqueue((b"".join(lines), len(lines), fut, False))
-        self._pending_events += len(lines)
+        self._enqueue((lines, count, fut, False))
+        self._pending_events += count
         return out, fut
 
     def _enqueue(self, entry: Entry) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from msgspec.structs import replace
 
-from domain.events import Event, encode, validate
+from domain.events import Event, encode_lines, validate_lines
 
 
 class Stamper:
@@ -23,10 +23,11 @@ class Stamper:
         self._old: dict[str, int] = {}
         self._generation = max(1, window // 2)
 
-    def prepare(self, events: Sequence[Event]) -> tuple[list[Event], list[bytes]]:
-        """Returns (events as they stand in the log, WAL lines for the new ones)."""
+    def prepare(self, events: Sequence[Event]) -> tuple[list[Event], bytes]:
+        """Returns (events as they stand in the log, WAL lines for the new ones: one per new
+        event, each ending in a newline). `next_seq` moves on by the number of new events."""
         out: list[Event] = []
-        lines: list[bytes] = []
+        fresh: list[Event] = []
         batch_ids: dict[str, int] = {}
         seq = self.next_seq
         young, old = self._young, self._old
@@ -36,21 +37,25 @@ class Stamper:
             event_id = event.event_id
             known = young.get(event_id)
             if known is None:
-                known = old.get(event_id, batch_ids.get(event_id))
+                known = old.get(event_id)
+                if known is None and batch_ids:
+                    known = batch_ids.get(event_id)
             if known is not None:
                 out.append(replace(event, seq=known))
                 continue
             stamped = replace(event, seq=seq)
-            line = encode(stamped)
-            validate(event, line)  # constraints; raises msgspec.ValidationError naming the path
             batch_ids[event_id] = seq
             out.append(stamped)
-            lines.append(line + b"\n")
+            fresh.append(stamped)
             seq += 1
+        data = b""
+        if fresh:
+            data = encode_lines(fresh)
+            validate_lines(fresh, data)  # constraints; raises msgspec.ValidationError naming the path
         # nothing above changed state: a bad event anywhere in the batch writes nothing
         self.next_seq = seq
         self._remember(batch_ids)
-        return out, lines
+        return out, data
 
     def remember(self, ids: dict[str, int]) -> None:
         """Mark ids as already logged (their seq), e.g. the newest ones after a reopen."""

@@ -53,11 +53,12 @@ class Admission:
         refusal = self.usage.check(key, self.limits(key), admitted.ts_us, admitted.reserved_tokens,
                                    admitted.reserved_micros)
         if refusal is None:
-            self.usage.apply(admitted)
+            self.usage.apply_new(admitted)
         return refusal
 
     def settle(self, usage: UsageRecorded) -> None:
-        self.usage.apply(usage)
+        """Settle a request this process admitted (its usage event is new: no de-dup)."""
+        self.usage.apply_new(usage)
 
     def replace_book(self, book: PolicyBook) -> None:
         """A reloaded policy (SIGHUP); caches drop because the version moves on."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from domain.events import Event, RequestReceived, RequestRejected, UpstreamFailed, UsageRecorded
 
+_UNSEEN: Any = object()
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 APPEND_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -55,24 +57,42 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS_S)
         self.ttft = Histogram(LATENCY_BUCKETS_S)
         self.append = Histogram(APPEND_BUCKETS_S)
+        self._folds: dict[type[Event], Callable[[Any], None] | None] = {}
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, UsageRecorded):
-            row = self.usage[(event.context, event.provider, event.model, event.outcome)]
-            row[0] += 1
-            row[1] += event.prompt_tokens
-            row[2] += event.completion_tokens
-            row[3] += event.cost_micros or 0
-            if event.provider:
-                self.latency.observe((event.provider,), event.latency_us / 1e6)
-                if event.ttft_us is not None:
-                    self.ttft.observe((event.provider,), event.ttft_us / 1e6)
-        elif isinstance(event, RequestReceived):
-            self.requests[(event.context, event.endpoint)] += 1
-        elif isinstance(event, RequestRejected):
-            self.rejections[(event.context, event.code)] += 1
-        elif isinstance(event, UpstreamFailed):
-            self.upstream_failures[(event.provider, event.error_class)] += 1
+        """Fold one event; the kinds no metric counts (most of a request's) cost one dict lookup."""
+        fold = self._folds.get(type(event), _UNSEEN)
+        if fold is _UNSEEN:
+            fold = self._folds[type(event)] = self._fold_for(type(event))
+        if fold is not None:
+            fold(event)
+
+    def _fold_for(self, kind: type[Event]) -> Callable[[Any], None] | None:
+        for base, fold in ((UsageRecorded, self._usage), (RequestReceived, self._received),
+                           (RequestRejected, self._rejected), (UpstreamFailed, self._failed)):
+            if issubclass(kind, base):
+                return fold
+        return None
+
+    def _usage(self, event: UsageRecorded) -> None:
+        row = self.usage[(event.context, event.provider, event.model, event.outcome)]
+        row[0] += 1
+        row[1] += event.prompt_tokens
+        row[2] += event.completion_tokens
+        row[3] += event.cost_micros or 0
+        if event.provider:
+            self.latency.observe((event.provider,), event.latency_us / 1e6)
+            if event.ttft_us is not None:
+                self.ttft.observe((event.provider,), event.ttft_us / 1e6)
+
+    def _received(self, event: RequestReceived) -> None:
+        self.requests[(event.context, event.endpoint)] += 1
+
+    def _rejected(self, event: RequestRejected) -> None:
+        self.rejections[(event.context, event.code)] += 1
+
+    def _failed(self, event: UpstreamFailed) -> None:
+        self.upstream_failures[(event.provider, event.error_class)] += 1
 
     def render(self, backlog: Callable[[], int]) -> str:
         out: list[str] = []

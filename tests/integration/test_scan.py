@@ -68,7 +68,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mf.save(data, msgspec.structs.replace(manifest, files=[fixed, *manifest.files[1:]]))
         # an unsealed tail, as a writer that died would leave it (the next open would seal it)
         _, lines = Stamper(next_seq=mf.load(data).sealed_through + 1).prepare(events[600:])
-        (data / WAL_DIR / wal_name(mf.load(data).sealed_through + 1)).write_bytes(b"".join(lines))
+        (data / WAL_DIR / wal_name(mf.load(data).sealed_through + 1)).write_bytes(lines)
 
     asyncio.run(build())
     return data

@@ -1,5 +1,6 @@
 """`validate` checks an event with a twin type (context's pattern checked once per value): it must
-accept and refuse exactly what decoding with the event's own type accepts and refuses."""
+accept and refuse exactly what decoding with the event's own type accepts and refuses. A batch
+(`validate_lines`, one decoder call) must refuse exactly when one of its events alone would."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.events import RequestAdmitted, RequestReceived, UsageRecorded, encode, validate
+from domain.events import Event, RequestAdmitted, RequestReceived, UsageRecorded, encode, encode_lines, validate, validate_lines
 
 ints = st.one_of(st.integers(min_value=-5, max_value=2**63 + 5), st.sampled_from([0, 1, -1, 2**63 - 1, 2**63]))
 contexts = st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9_-]{0,66}", fullmatch=True))
@@ -29,6 +30,15 @@ def _same_verdict(event: object) -> None:
     assert (got is None) == (expected is None), (got, expected)
     if got is not None:  # with several bad fields the two may name different ones; each names a path
         assert "- at `$." in got
+    assert _batch_verdict([event]) == got  # type: ignore[list-item]
+
+
+def _batch_verdict(events: list[Event]) -> str | None:
+    try:
+        validate_lines(events, encode_lines(events))
+        return None
+    except msgspec.ValidationError as exc:
+        return str(exc)
 
 
 @settings(max_examples=300, deadline=None)
@@ -53,3 +63,23 @@ def test_request_received(ts: int, context: str, body: int, max_tokens: int | No
 def test_wrong_types_are_refused_like_the_real_type(context: str, reserved: int, bad: object) -> None:
     _same_verdict(RequestAdmitted(event_id="e", ts_us=1, context=context, reserved_micros=reserved,
                                   provider=bad))  # type: ignore[arg-type]
+
+
+def _received(context: str, body: int) -> RequestReceived:
+    return RequestReceived(event_id="e", ts_us=1, context=context, body_bytes=body, endpoint="x")
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(st.tuples(contexts, ints), min_size=1, max_size=4))
+def test_a_batch_is_refused_exactly_when_one_of_its_events_is(batch: list[tuple[str, int]]) -> None:
+    events: list[Event] = [_received(context, body) for context, body in batch]
+    alone = []
+    for event in events:
+        try:
+            validate(event, encode(event))
+        except msgspec.ValidationError as exc:
+            alone.append(str(exc))
+    got = _batch_verdict(events)
+    assert (got is None) == (not alone), (got, alone)
+    if got is not None:  # the first bad event's own error, with its own path (`$.field`, not `$[i].field`)
+        assert got == alone[0]
