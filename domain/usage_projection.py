@@ -8,12 +8,13 @@ concurrent requests can never both take the last unit of a limit. Time comes onl
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from domain.events import Event, RequestAdmitted, UsageRecorded
+from domain.events import INT64_MAX, Event, RequestAdmitted, UsageRecorded
 from domain.limits import Limits
 
 WINDOW_US = 60_000_000
@@ -46,19 +47,91 @@ def next_month_us(ts_us: int) -> int:
     return (first - _EPOCH) // timedelta(microseconds=1)
 
 
+class RateWindow:
+    """One bucket's admissions of the last minute, oldest first, as two int64 arrays (time, tokens)
+    and a moving head: 16 bytes an entry, where a list per entry cost ~120 (a busy bucket holds a
+    minute of requests). An entry is named by its position since the bucket began, so a settlement
+    can correct its tokens while it is still in the window; a cancelled entry is voided in place
+    (tokens -1) and no longer counts."""
+
+    __slots__ = ("ts", "tokens", "head", "base", "total", "voids")
+    COMPACT_AFTER = 1024  # dropped entries before the arrays are cut (and renumbered)
+
+    def __init__(self) -> None:
+        self.ts = array("q")
+        self.tokens = array("q")
+        self.head = 0  # index of the oldest live entry
+        self.base = 0  # position of index 0
+        self.total = 0  # tokens of the entries in the window
+        self.voids = 0  # voided entries at or after head
+
+    def __len__(self) -> int:
+        return len(self.ts) - self.head - self.voids
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """(ts_us, tokens) of each entry in the window, oldest first."""
+        for i in range(self.head, len(self.ts)):
+            if self.tokens[i] >= 0:
+                yield self.ts[i], self.tokens[i]
+
+    def append(self, ts_us: int, tokens: int) -> int:
+        tokens = min(tokens, INT64_MAX)  # (a count beyond int64 is refused by any limit anyway)
+        self.ts.append(ts_us)
+        self.tokens.append(tokens)
+        self.total += tokens
+        return self.base + len(self.ts) - 1
+
+    def oldest_ts(self) -> int | None:
+        tokens = self.tokens
+        for i in range(self.head, len(tokens)):
+            if tokens[i] >= 0:
+                return self.ts[i]
+        return None
+
+    def evict(self, horizon_us: int) -> None:
+        """Drop entries at or before `horizon_us`; compact once the dropped part is the larger."""
+        ts, tokens, head, end = self.ts, self.tokens, self.head, len(self.ts)
+        while head < end and ts[head] <= horizon_us:
+            if tokens[head] < 0:
+                self.voids -= 1
+            else:
+                self.total -= tokens[head]
+            head += 1
+        self.head = head
+        if head >= self.COMPACT_AFTER and 2 * head >= end:
+            del ts[:head], tokens[:head]
+            self.base += head
+            self.head = 0
+
+    def correct(self, position: int, tokens: int) -> None:
+        """Set an entry's tokens (its settlement), if it is still in the window."""
+        i = position - self.base
+        if i >= self.head and self.tokens[i] >= 0:
+            tokens = min(tokens, INT64_MAX)
+            self.total += tokens - self.tokens[i]
+            self.tokens[i] = tokens
+
+    def void(self, position: int) -> None:
+        """Take an entry out (its admission never reached the log), if it is still in the window."""
+        i = position - self.base
+        if i >= self.head and self.tokens[i] >= 0:
+            self.total -= self.tokens[i]
+            self.tokens[i] = -1
+            self.voids += 1
+
+
 @dataclass
 class Held:
     """An admitted request's reservation, until its usage settles it."""
 
     tokens: int
     micros: int
-    entry: list[int]  # its rate-window entry [ts_us, tokens, in_window]
+    position: int  # its rate-window entry
 
 
 @dataclass
 class Bucket:
-    window: deque[list[int]] = field(default_factory=deque)  # [ts_us, tokens, in_window], oldest first
-    window_tokens: int = 0
+    window: RateWindow = field(default_factory=RateWindow)
     # holds per request id: a client may reuse its X-Request-Id, and every admission holds its own
     in_flight: dict[str, list[Held]] = field(default_factory=dict)
     in_flight_n: int = 0
@@ -69,13 +142,12 @@ class Bucket:
     spend_day: dict[int, int] = field(default_factory=dict)
     spend_month: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def window_tokens(self) -> int:
+        return self.window.total
+
     def evict(self, now_us: int) -> None:
-        horizon = now_us - WINDOW_US
-        window = self.window
-        while window and window[0][0] <= horizon:
-            entry = window.popleft()
-            entry[2] = 0  # out of the window: a later settlement no longer moves window_tokens
-            self.window_tokens -= entry[1]
+        self.window.evict(now_us - WINDOW_US)
 
 
 @dataclass(frozen=True)
@@ -157,10 +229,8 @@ class UsageProjection:
 
     def _admitted(self, e: RequestAdmitted) -> None:
         b = self.bucket((e.ip, e.context))
-        entry = [e.ts_us, e.reserved_tokens, 1]
-        b.window.append(entry)
-        b.window_tokens += e.reserved_tokens
-        b.in_flight.setdefault(e.request_id, []).append(Held(e.reserved_tokens, e.reserved_micros, entry))
+        position = b.window.append(e.ts_us, e.reserved_tokens)
+        b.in_flight.setdefault(e.request_id, []).append(Held(e.reserved_tokens, e.reserved_micros, position))
         b.in_flight_n += 1
         b.reserved_micros += e.reserved_micros
 
@@ -178,10 +248,8 @@ class UsageProjection:
     def _settled(self, e: UsageRecorded) -> None:
         b = self.bucket((e.ip, e.context))
         held = self._release(b, e.request_id)
-        actual = e.prompt_tokens + e.completion_tokens
-        if held is not None and held.entry[2]:
-            b.window_tokens += actual - held.entry[1]
-            held.entry[1] = actual
+        if held is not None:
+            b.window.correct(held.position, e.prompt_tokens + e.completion_tokens)
         cost = e.cost_micros or 0
         if cost:
             add_spend(b, day_of(e.ts_us), month_of(e.ts_us), cost)
@@ -190,9 +258,8 @@ class UsageProjection:
         """Undo an admission whose event never reached the log (the append failed)."""
         b = self.bucket(key)
         held = self._release(b, request_id, newest=True)
-        if held is not None and held.entry[2]:
-            b.window.remove(held.entry)
-            b.window_tokens -= held.entry[1]
+        if held is not None:
+            b.window.void(held.position)
 
     def release_all_in_flight(self) -> None:
         """After a restart: requests of the previous run are gone, so are their reservations."""
@@ -213,7 +280,8 @@ class UsageProjection:
                            f"{b.in_flight_n} requests of this (ip, context) are in flight; the limit is {limits.concurrent}")
         rpm = limits.requests_per_min
         if rpm is not None and len(b.window) + 1 > rpm:
-            wait = (b.window[0][0] + WINDOW_US - now_us) if b.window else WINDOW_US
+            oldest = b.window.oldest_ts()
+            wait = (oldest + WINDOW_US - now_us) if oldest is not None else WINDOW_US
             return Refusal("rate_limit_requests", rpm, len(b.window), _ceil_s(wait),
                            f"rate limit of {rpm} requests per minute reached for this (ip, context)")
         tpm = limits.tokens_per_min
@@ -244,7 +312,8 @@ class UsageProjection:
     def headroom(self, key: BucketKey, limits: Limits, now_us: int) -> Headroom:
         b = self.bucket(key)
         b.evict(now_us)
-        reset = (b.window[0][0] + WINDOW_US - now_us) if b.window else 0
+        oldest = b.window.oldest_ts()
+        reset = (oldest + WINDOW_US - now_us) if oldest is not None else 0
         rpm, tpm = limits.requests_per_min, limits.tokens_per_min
         return Headroom(rpm, None if rpm is None else max(rpm - len(b.window), 0), reset,
                         tpm, None if tpm is None else max(tpm - b.window_tokens, 0), reset)
@@ -267,7 +336,7 @@ def _tokens_wait(b: Bucket, tpm: int, tokens: int, now_us: int) -> int:
     if tokens > tpm:
         return WINDOW_US
     excess = b.window_tokens + tokens - tpm
-    for ts, used, _ in b.window:
+    for ts, used in b.window:
         excess -= used
         if excess <= 0:
             return ts + WINDOW_US - now_us

@@ -147,7 +147,7 @@ def restored(p: UsageProjection, now_us: int) -> dict[BucketKey, dict[str, Any]]
     for key, b in p.buckets.items():
         b.evict(now_us)
         figures = {
-            "window": [(ts, tokens) for ts, tokens, _ in b.window],
+            "window": list(b.window),
             "window_tokens": b.window_tokens,
             "spend_day": {d: m for d, m in b.spend_day.items() if m and d >= max(first_day, day_of(now_us) - 1)},
             "spend_month": b.spend_month.get(month, 0),

@@ -144,7 +144,7 @@ def figures(p: UsageProjection, key: BucketKey, now_us: int) -> dict[str, Any]:
     b = p.bucket(key)
     b.evict(now_us)
     return {
-        "window": [(ts, tokens) for ts, tokens, _ in b.window],
+        "window": list(b.window),
         "window_tokens": b.window_tokens,
         "in_flight": {rid: [(h.tokens, h.micros) for h in holds] for rid, holds in b.in_flight.items()},
         "reserved_micros": b.reserved_micros,
