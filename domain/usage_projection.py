@@ -54,7 +54,7 @@ class RateWindow:
     can correct its tokens while it is still in the window; a cancelled entry is voided in place
     (tokens -1) and no longer counts."""
 
-    __slots__ = ("ts", "tokens", "head", "base", "total", "voids")
+    __slots__ = ("base", "head", "tokens", "total", "ts", "voids")
     COMPACT_AFTER = 1024  # dropped entries before the arrays are cut (and renumbered)
 
     def __init__(self) -> None:

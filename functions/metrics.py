@@ -11,7 +11,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from domain.events import Event, RequestReceived, RequestRejected, UpstreamFailed, UsageRecorded
+from domain.events import (
+    Event,
+    RequestReceived,
+    RequestRejected,
+    UpstreamFailed,
+    UsageRecorded,
+)
 
 _UNSEEN: Any = object()
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

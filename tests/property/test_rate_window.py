@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from domain.events import INT64_MAX
 from domain.usage_projection import RateWindow
 
+
 class OftenCompacted(RateWindow):
     COMPACT_AFTER = 3
 

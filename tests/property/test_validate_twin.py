@@ -8,7 +8,16 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.events import Event, RequestAdmitted, RequestReceived, UsageRecorded, encode, encode_lines, validate, validate_lines
+from domain.events import (
+    Event,
+    RequestAdmitted,
+    RequestReceived,
+    UsageRecorded,
+    encode,
+    encode_lines,
+    validate,
+    validate_lines,
+)
 
 ints = st.one_of(st.integers(min_value=-5, max_value=2**63 + 5), st.sampled_from([0, 1, -1, 2**63 - 1, 2**63]))
 contexts = st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9_-]{0,66}", fullmatch=True))
