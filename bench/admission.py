@@ -78,9 +78,10 @@ def decisions_per_s(limits: dict[str, int] | None, admitted: list[RequestAdmitte
     return len(admitted) / elapsed, refused
 
 
-def memory_per_bucket(n: int) -> tuple[float, float, float, float]:
-    """MiB traced after one settled request per bucket: all, without the dedup set, without the admission's
-    per-bucket (Limits, Policy) cache too; and bytes per remembered event id."""
+def memory_per_bucket(n: int) -> tuple[float, float, float]:
+    """MiB traced after one settled request per bucket through the admission (the live path, which
+    keeps no de-dup ids), then without its per-bucket (Limits, Policy) cache; and the bytes per event id
+    that replay's de-dup sets hold (the same events folded as a replay folds them)."""
     keys = buckets(n)
     admitted, settled = events(n, keys)
     for i, key in enumerate(keys):  # exactly one request per bucket
@@ -98,19 +99,26 @@ def memory_per_bucket(n: int) -> tuple[float, float, float, float]:
     for a, u in zip(admitted, settled):
         admission.admit(a)
         admission.settle(u)
-    with_seen = tracemalloc.get_traced_memory()[0] - base
-    usage = admission.usage
-    seen = len(usage._seen) + len(usage._seen_before)
-    usage._seen.clear()
-    usage._seen_before.clear()
-    gc.collect()
-    without_seen = tracemalloc.get_traced_memory()[0] - base
+    live = tracemalloc.get_traced_memory()[0] - base
     admission._cache.clear()
     gc.collect()
     projection_only = tracemalloc.get_traced_memory()[0] - base
+    del admission
+    gc.collect()
+    base = tracemalloc.get_traced_memory()[0]
+    replay = UsageProjection()
+    for a, u in zip(admitted, settled):
+        replay.apply(a)
+        replay.apply(u)
+    folded = tracemalloc.get_traced_memory()[0] - base
+    seen = len(replay._seen) + len(replay._seen_before)
+    replay._seen.clear()
+    replay._seen_before.clear()
+    gc.collect()
+    without_seen = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     mib = 1024 * 1024
-    return with_seen / mib, without_seen / mib, projection_only / mib, (with_seen - without_seen) / max(seen, 1)
+    return live / mib, projection_only / mib, (folded - without_seen) / max(seen, 1)
 
 
 # ---- the broker under wrk ------------------------------------------------------------------
@@ -211,15 +219,14 @@ def main() -> int:
         verdict = "ok" if best >= 100_000 else "BELOW TARGET"
         print(f"admit+settle, {args.buckets} buckets, {label:34}: {best:10,.0f} decisions/s "
               f"(target >= 100,000: {verdict}); refused {refused}")
-    with_seen, without_seen, projection_only, per_id = memory_per_bucket(args.memory_buckets)
+    live, projection_only, per_id = memory_per_bucket(args.memory_buckets)
     per = 1024 * 1024 / args.memory_buckets
-    print(f"memory, {args.memory_buckets:,} buckets (1 settled request each): {with_seen:.1f} MiB traced "
-          f"({with_seen * per:.0f} B/bucket); without the dedup set {without_seen:.1f} MiB ({without_seen * per:.0f} "
-          f"B/bucket); projection alone, without the per-bucket limits cache {projection_only:.1f} MiB "
-          f"({projection_only * per:.0f} B/bucket)")
+    print(f"memory, {args.memory_buckets:,} buckets (1 settled request each, through the admission): {live:.1f} MiB "
+          f"traced ({live * per:.0f} B/bucket); projection alone, without the per-bucket limits cache "
+          f"{projection_only:.1f} MiB ({projection_only * per:.0f} B/bucket)")
     window = 2 * UsageProjection()._generation
-    print(f"dedup sets: {per_id:.0f} B per remembered event id -> {per_id * window / 1024 / 1024:.0f} MiB "
-          f"when full (UsageProjection keeps at most {window:,} ids)")
+    print(f"replay's dedup sets: {per_id:.0f} B per remembered event id -> {per_id * window / 1024 / 1024:.0f} MiB "
+          f"when full (at most {window:,} ids; live admissions and settlements keep none)")
     if args.no_broker:
         return 0
     import shutil
