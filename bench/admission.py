@@ -78,6 +78,30 @@ def decisions_per_s(limits: dict[str, int] | None, admitted: list[RequestAdmitte
     return len(admitted) / elapsed, refused
 
 
+def window_memory(n: int) -> float:
+    """MiB traced for `n` requests admitted and settled in one bucket within a minute (its rate window)."""
+    key = buckets(1)[0]
+    ip, ctx = key
+    rows = [(RequestAdmitted(event_id=f"a{i}", ts_us=T0_US + i * 300, ip=ip, context=ctx, request_id=f"r{i}",
+                             reserved_tokens=300, reserved_micros=120),
+             UsageRecorded(event_id=f"u{i}", ts_us=T0_US + i * 300 + 100, ip=ip, context=ctx, request_id=f"r{i}",
+                           prompt_tokens=40, completion_tokens=60, cost_micros=30)) for i in range(n)]
+    book = PolicyBook()
+    book.set(("default", "", ""), HUGE)  # every request admitted
+    admission = Admission(book, UsageProjection())
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for a, u in rows:
+        admission.admit(a)
+        admission.settle(u)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(admission.usage.bucket(key).window) == n
+    return used / (1024 * 1024)
+
+
 def memory_per_bucket(n: int) -> tuple[float, float, float]:
     """MiB traced after one settled request per bucket through the admission (the live path, which
     keeps no de-dup ids), then without its per-bucket (Limits, Policy) cache; and the bytes per event id
@@ -224,6 +248,8 @@ def main() -> int:
     print(f"memory, {args.memory_buckets:,} buckets (1 settled request each, through the admission): {live:.1f} MiB "
           f"traced ({live * per:.0f} B/bucket); projection alone, without the per-bucket limits cache "
           f"{projection_only:.1f} MiB ({projection_only * per:.0f} B/bucket)")
+    busy = 180_000
+    print(f"rate window, {busy:,} requests in one bucket's minute (3,000 req/s): {window_memory(busy):.1f} MiB traced")
     window = 2 * UsageProjection()._generation
     print(f"replay's dedup sets: {per_id:.0f} B per remembered event id -> {per_id * window / 1024 / 1024:.0f} MiB "
           f"when full (at most {window:,} ids; live admissions and settlements keep none)")
