@@ -36,7 +36,11 @@ class _Reply:
         return self._body
 
     async def chunks(self) -> Any:
+        self._sent = True
         yield self._body
+
+    def at_eof(self) -> bool:
+        return getattr(self, "_sent", False)
 
     def close(self) -> None:
         pass

@@ -68,16 +68,21 @@ class Admission:
     def changed(self, event: LimitsChanged) -> None:
         self.book.apply(event)
 
-    def headers(self, key: Key, now_us: int) -> dict[str, str]:
-        """`x-ratelimit-*` as OpenAI sends them (reset as a duration like `6m0s`)."""
+    def raw_headers(self, key: Key, now_us: int) -> list[tuple[bytes, bytes]]:
+        """`x-ratelimit-*` as OpenAI sends them (reset as a duration like `6m0s`), as ASGI header
+        pairs: every answer carries them, so they are built as bytes once, not as text and encoded."""
         room = self.usage.headroom(key, self.limits(key), now_us)
-        out: dict[str, str] = {}
+        out: list[tuple[bytes, bytes]] = []
         if room.limit_requests is not None:
-            out["x-ratelimit-limit-requests"] = str(room.limit_requests)
-            out["x-ratelimit-remaining-requests"] = str(room.remaining_requests)
-            out["x-ratelimit-reset-requests"] = duration(room.reset_requests_us)
+            out += ((b"x-ratelimit-limit-requests", b"%d" % room.limit_requests),
+                    (b"x-ratelimit-remaining-requests", b"%d" % (room.remaining_requests or 0)),
+                    (b"x-ratelimit-reset-requests", duration(room.reset_requests_us).encode()))
         if room.limit_tokens is not None:
-            out["x-ratelimit-limit-tokens"] = str(room.limit_tokens)
-            out["x-ratelimit-remaining-tokens"] = str(room.remaining_tokens)
-            out["x-ratelimit-reset-tokens"] = duration(room.reset_tokens_us)
+            out += ((b"x-ratelimit-limit-tokens", b"%d" % room.limit_tokens),
+                    (b"x-ratelimit-remaining-tokens", b"%d" % (room.remaining_tokens or 0)),
+                    (b"x-ratelimit-reset-tokens", duration(room.reset_tokens_us).encode()))
         return out
+
+    def headers(self, key: Key, now_us: int) -> dict[str, str]:
+        """`raw_headers` as text (a 429's headers, tests)."""
+        return {name.decode(): value.decode() for name, value in self.raw_headers(key, now_us)}

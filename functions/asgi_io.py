@@ -7,7 +7,7 @@ broker's work per call) and owns the stream's life: a client that goes away is n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 
 from litestar.types import Receive, Scope, Send
 
@@ -48,20 +48,26 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
             return b"".join(chunks)
 
 
-def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
-async def send_bytes(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
-    raw = _raw_headers(headers)
-    raw.append((b"content-length", str(len(body)).encode()))
+def _raw_headers(headers: dict[str, str], extra: RawHeaders = ()) -> list[tuple[bytes, bytes]]:
+    """`headers` as ASGI pairs, then `extra` (already bytes: the rate-limit headers)."""
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw += extra
+    return raw
+
+
+async def send_bytes(send: Send, status: int, headers: dict[str, str], body: bytes, extra: RawHeaders = ()) -> None:
+    raw = _raw_headers(headers, extra)
+    raw.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, error: BrokerError, headers: dict[str, str]) -> None:
+async def send_error(send: Send, error: BrokerError, headers: dict[str, str], extra: RawHeaders = ()) -> None:
     out = {**headers, **error.headers, "content-type": "application/json"}
-    await send_bytes(send, error.status, out, error_body(error.code, error.message, error.param))
+    await send_bytes(send, error.status, out, error_body(error.code, error.message, error.param), extra)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -69,11 +75,13 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def send_stream(send: Send, receive: Receive, headers: dict[str, str], body: AsyncIterable[bytes]) -> bool:
+async def send_stream(send: Send, receive: Receive, headers: dict[str, str], body: AsyncIterable[bytes],
+                      extra: RawHeaders = ()) -> bool:
     """Stream `body` as SSE; returns False if the client went away first.
 
     The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
-    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`).
+    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). A body whose
+    `ended` is true after a chunk has ended with that chunk: it goes out as the response's last.
     """
     pumping = asyncio.current_task()
     assert pumping is not None
@@ -89,10 +97,15 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
     watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
     watching.add_done_callback(client_gone)
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers)})
-        async for chunk in body:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers, extra)})
+        last = False
+        async for chunk in body:  # (not `break` at the last: the body's generators end on their own)
+            if last:
+                continue
+            last = getattr(body, "ended", False)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        if not last:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         if not gone or pumping.uncancel():  # a cancel from elsewhere (shutdown) goes on up
             raise

@@ -82,6 +82,7 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
     headers = {"x-request-id": caller.request_id}
     call = Call(state, caller, endpoint, path, parsed=None)  # type: ignore[arg-type]
     answer = None
+    limits: list[tuple[bytes, bytes]] = []  # x-ratelimit-* once the answer is known
 
     def settle(usage: UsageRecorded) -> None:
         state.observe(usage)  # release the reservation now; durable at the flush
@@ -91,23 +92,25 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
         await _admit_input(scope, receive, call, bad_context, parse, named.get(b"content-length"))
         answer = await serve(call, settle)
         headers.update(answer.headers)
-        headers.update(state.admission.headers((caller.ip, caller.context), now_us()))
+        limits = state.admission.raw_headers((caller.ip, caller.context), now_us())
         if answer.stream is None:
             await _flush(state, settled)
-            await send_bytes(send, answer.status, headers, answer.body)
+            await send_bytes(send, answer.status, headers, answer.body, limits)
         else:
-            await send_stream(send, receive, headers, answer.stream)
+            await send_stream(send, receive, headers, answer.stream, limits)
     except BrokerError as exc:
         await _flush(state, settled)
-        await send_error(send, exc, headers)
+        await send_error(send, exc, headers, limits)
     except EventLogError as exc:
         log.error("event log unavailable: %s", exc)
-        await send_error(send, BrokerError("log_unavailable", "the usage log is unavailable; request not served"), headers)
+        await send_error(send, BrokerError("log_unavailable", "the usage log is unavailable; request not served"),
+                         headers, limits)
     except ConnectionResetError:
         pass
     except Exception:
         log.exception("request %s failed", caller.request_id)
-        await send_error(send, BrokerError("internal_error", f"internal error (request {caller.request_id})"), headers)
+        await send_error(send, BrokerError("internal_error", f"internal error (request {caller.request_id})"),
+                         headers, limits)
     finally:
         if answer is not None and answer.stream is not None:
             answer.stream.close()

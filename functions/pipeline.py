@@ -262,6 +262,7 @@ class Relay:
                                   eager_chars=call.cost_cap_micros is not None)  # a cap reads chars per chunk
         self.outcome = "client_disconnect"
         self.closed = self.settled = False
+        self.ended = False  # the chunk just yielded is the stream's last: the server may end the response with it
 
     def _over_budget(self) -> bool:
         cap = self.call.cost_cap_micros
@@ -279,6 +280,9 @@ class Relay:
         if scanner.done:
             self.outcome = "ok"
             self.settle_once()
+            if not self.ended and self.resp.at_eof():  # nothing more can come: these are the last bytes
+                out += scanner.finish()
+                self.ended = True
         elif self._over_budget():  # checked before forwarding the chunk that crosses the cap
             scanner.chars = delivered  # bill what the client received
             self.outcome = "budget_cut"
@@ -289,17 +293,20 @@ class Relay:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Usage settles before the client can see the end, so its next request meets the new spend.
-        The first chunk (already read) and the rest go through one loop body: no extra generator layer."""
+        The first chunk (already read) and the rest go through one loop body: no extra generator layer.
+        Once `[DONE]` has passed and the upstream body is at its end, the last bytes are yielded with
+        `ended` set, so the response can end in the same write (one write per stream fewer); the loop
+        then runs out by itself (the upstream iterator is at its end: no wait, nothing more to yield)."""
         scanner = self.scanner
         try:
             out, cut = self._relay(self.first)
-            if out:
+            if out or self.ended:
                 yield out
             if cut:
                 return
             async for chunk in self.chunks:
                 out, cut = self._relay(chunk)
-                if out:
+                if out or self.ended:
                     yield out
                 if cut:
                     return

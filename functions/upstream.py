@@ -28,6 +28,7 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
     def chunks(self) -> AsyncIterator[bytes]: ...
+    def at_eof(self) -> bool: ...  # the whole body has been read (False when unknown)
     def close(self) -> None: ...
 
 
@@ -69,6 +70,9 @@ class _AiohttpResponse:
             raise UpstreamTimeout("upstream stream went idle") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
+
+    def at_eof(self) -> bool:
+        return self._resp.content.at_eof()
 
     def close(self) -> None:
         """Abort if unfinished (a client went away); release the connection if done."""

@@ -36,6 +36,9 @@ class _HttpxResponse:
         except httpx.HTTPError as exc:
             raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
 
+    def at_eof(self) -> bool:
+        return False  # httpx says so only when its iterator ends: the stream then ends as before
+
     def close(self) -> None:
         asyncio.get_running_loop().create_task(self._resp.aclose())
 

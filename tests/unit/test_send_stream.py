@@ -1,0 +1,64 @@
+"""`send_stream`: the ASGI messages of an SSE answer. A body that says it `ended` with a chunk ends the
+response with that chunk (one write fewer per stream); any other body gets a closing empty message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from functions.asgi_io import send_stream
+
+
+class Body:
+    def __init__(self, chunks: list[bytes], ends_at: int | None) -> None:
+        self.chunks, self.ends_at, self.ended = chunks, ends_at, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            self.ended = self.ends_at is not None and i >= self.ends_at
+            yield chunk
+
+
+def _stream(body: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        assert await send_stream(send, receive, {"content-type": "text/event-stream"}, body)
+
+    asyncio.run(run())
+    return sent
+
+
+def _bodies(sent: list[dict[str, Any]]) -> list[tuple[bytes, bool]]:
+    assert sent[0]["type"] == "http.response.start"
+    return [(m["body"], m["more_body"]) for m in sent[1:]]
+
+
+def test_a_body_that_ended_closes_the_response_with_its_last_chunk() -> None:
+    sent = _stream(Body([b"data: 1\n\n", b"data: [DONE]\n\n"], ends_at=1))
+    assert _bodies(sent) == [(b"data: 1\n\n", True), (b"data: [DONE]\n\n", False)]
+
+
+def test_a_body_that_never_says_it_ended_gets_a_closing_empty_message() -> None:
+    sent = _stream(Body([b"data: 1\n\n", b"data: [DONE]\n\n"], ends_at=None))
+    assert _bodies(sent) == [(b"data: 1\n\n", True), (b"data: [DONE]\n\n", True), (b"", False)]
+
+
+def test_nothing_is_sent_after_the_last_chunk() -> None:
+    sent = _stream(Body([b"a", b"b", b"c"], ends_at=1))
+    assert _bodies(sent) == [(b"a", True), (b"b", False)]
+
+
+def test_a_plain_async_iterable_still_streams() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    assert _bodies(_stream(chunks())) == [(b"x", True), (b"", False)]
