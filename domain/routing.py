@@ -61,8 +61,10 @@ class Policy(Struct, frozen=True, kw_only=True):
 
     @property
     def restricts(self) -> bool:
-        """Whether any allow/deny list is set; routing skips those checks when none is."""
-        return any(getattr(self, name) is not None for name in _LISTS)
+        """Whether any allow/deny list is set; routing skips those checks when none is (asked once
+        per request: plain comparisons, no generator)."""
+        return (self.allowed_providers is not None or self.denied_providers is not None
+                or self.allowed_models is not None or self.denied_models is not None)
 
     def allows_provider(self, provider: str) -> bool:
         if self.denied_providers is not None and provider in self.denied_providers:
@@ -75,7 +77,6 @@ class Policy(Struct, frozen=True, kw_only=True):
         return self.allowed_models is None or _named_in(offer, self.allowed_models)
 
 
-_LISTS = ("allowed_providers", "denied_providers", "allowed_models", "denied_models")
 
 
 def _named_in(offer: Offer, names: frozenset[str]) -> bool:
@@ -201,7 +202,7 @@ def _ask(
     output = 0 if request.kind == "embedding" else output  # embeddings bill input only
     prompt = request.prompt_tokens_est
     window = prompt + (request.max_tokens or 0)
-    needs = tuple(sorted(request.needs))
+    needs = tuple(sorted(request.needs)) if request.needs else ()
     rules = policy if policy.restricts else None
     return _Ask(request, rules, unhealthy, auto, needs, prompt, window, output)
 
