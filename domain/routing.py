@@ -77,8 +77,6 @@ class Policy(Struct, frozen=True, kw_only=True):
         return self.allowed_models is None or _named_in(offer, self.allowed_models)
 
 
-
-
 def _named_in(offer: Offer, names: frozenset[str]) -> bool:
     return offer.model in names or offer.key in names
 
