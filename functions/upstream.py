@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 import aiohttp
+from aiohttp.streams import EofStream
 
 
 class UpstreamConnectError(Exception):
@@ -62,14 +63,8 @@ class _AiohttpResponse:
         finally:
             self._resp.release()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout("upstream stream went idle") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._resp.content)
 
     def at_eof(self) -> bool:
         return self._resp.content.at_eof()
@@ -80,6 +75,32 @@ class _AiohttpResponse:
             self._resp.release()
         else:
             self._resp.close()
+
+
+class _Chunks:
+    """The body as it arrives, aiohttp's errors turned into the seam's. A class, not an async
+    generator: each generator registers with the loop's async-generator hooks, once per stream."""
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except EofStream:  # (as aiohttp's own `iter_any` treats it)
+            raise StopAsyncIteration from None
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout("upstream stream went idle") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(f"upstream stream broke: {exc.__class__.__name__}") from exc
+        if not chunk:  # (`readany` returns b"" only at the end, as `iter_any` does)
+            raise StopAsyncIteration
+        return chunk
 
 
 class AiohttpUpstream:
