@@ -46,16 +46,23 @@ def buckets(n: int) -> list[tuple[str, str]]:
     return [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", f"ctx{i % 97}") for i in range(n)]
 
 
+def request(i: int, key: tuple[str, str], admitted_us: int, settled_us: int) -> tuple[RequestAdmitted, UsageRecorded]:
+    """Request `i` of bucket `key`: its admission (300 tokens, 120 micro-USD held) and its settlement."""
+    ip, ctx = key
+    return (RequestAdmitted(event_id=f"a{i}", ts_us=admitted_us, ip=ip, context=ctx, request_id=f"r{i}",
+                            reserved_tokens=300, reserved_micros=120),
+            UsageRecorded(event_id=f"u{i}", ts_us=settled_us, ip=ip, context=ctx, request_id=f"r{i}",
+                          prompt_tokens=40, completion_tokens=60, cost_micros=30))
+
+
 def events(n: int, keys: list[tuple[str, str]], seed: int = 7) -> tuple[list[RequestAdmitted], list[UsageRecorded]]:
     rng = random.Random(seed)
     admitted, settled = [], []
     for i in range(n):
-        ip, ctx = keys[rng.randrange(len(keys))]
         ts = T0_US + i * 10  # 100k decisions per second of event time
-        admitted.append(RequestAdmitted(event_id=f"a{i}", ts_us=ts, ip=ip, context=ctx, request_id=f"r{i}",
-                                        reserved_tokens=300, reserved_micros=120))
-        settled.append(UsageRecorded(event_id=f"u{i}", ts_us=ts + IN_FLIGHT * 10, ip=ip, context=ctx,
-                                     request_id=f"r{i}", prompt_tokens=40, completion_tokens=60, cost_micros=30))
+        a, u = request(i, keys[rng.randrange(len(keys))], ts, ts + IN_FLIGHT * 10)
+        admitted.append(a)
+        settled.append(u)
     return admitted, settled
 
 
@@ -81,11 +88,7 @@ def decisions_per_s(limits: dict[str, int] | None, admitted: list[RequestAdmitte
 def window_memory(n: int) -> float:
     """MiB traced for `n` requests admitted and settled in one bucket within a minute (its rate window)."""
     key = buckets(1)[0]
-    ip, ctx = key
-    rows = [(RequestAdmitted(event_id=f"a{i}", ts_us=T0_US + i * 300, ip=ip, context=ctx, request_id=f"r{i}",
-                             reserved_tokens=300, reserved_micros=120),
-             UsageRecorded(event_id=f"u{i}", ts_us=T0_US + i * 300 + 100, ip=ip, context=ctx, request_id=f"r{i}",
-                           prompt_tokens=40, completion_tokens=60, cost_micros=30)) for i in range(n)]
+    rows = [request(i, key, T0_US + i * 300, T0_US + i * 300 + 100) for i in range(n)]
     book = PolicyBook()
     book.set(("default", "", ""), HUGE)  # every request admitted
     admission = Admission(book, UsageProjection())
@@ -106,14 +109,8 @@ def memory_per_bucket(n: int) -> tuple[float, float, float]:
     """MiB traced after one settled request per bucket through the admission (the live path, which
     keeps no de-dup ids), then without its per-bucket (Limits, Policy) cache; and the bytes per event id
     that replay's de-dup sets hold (the same events folded as a replay folds them)."""
-    keys = buckets(n)
-    admitted, settled = events(n, keys)
-    for i, key in enumerate(keys):  # exactly one request per bucket
-        ip, ctx = key
-        admitted[i] = RequestAdmitted(event_id=f"a{i}", ts_us=T0_US + i, ip=ip, context=ctx, request_id=f"r{i}",
-                                      reserved_tokens=300, reserved_micros=120)
-        settled[i] = UsageRecorded(event_id=f"u{i}", ts_us=T0_US + i, ip=ip, context=ctx, request_id=f"r{i}",
-                                   prompt_tokens=40, completion_tokens=60, cost_micros=30)
+    pairs = [request(i, key, T0_US + i, T0_US + i) for i, key in enumerate(buckets(n))]  # one request per bucket
+    admitted, settled = [a for a, _ in pairs], [u for _, u in pairs]
     book = PolicyBook()
     book.set(("default", "", ""), REALISTIC)
     gc.collect()
