@@ -39,7 +39,7 @@ def uuid7(now_us: int | None = None) -> str:
             (ms >> 16) & 0xFFFFFFFF, ms & 0xFFFF, rand >> 62, 0x8000 | ((rand >> 48) & 0x3FFF))
         counter = itertools.count(rand & _MASK48)
         _current = (ms, prefix, counter)
-    return "%s%012x" % (prefix, next(counter) & _MASK48)
+    return prefix + (next(counter) & _MASK48).to_bytes(6, "big").hex()  # (faster than %x formatting)
 
 
 def now_us() -> int:

@@ -80,8 +80,10 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
     """Stream `body` as SSE; returns False if the client went away first.
 
     The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
-    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). A body whose
-    `ended` is true after a chunk has ended with that chunk: it goes out as the response's last.
+    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). The headers go
+    out when the first chunk is ready, so the two writes leave back to back (the client wakes once,
+    not twice); the caller has already waited for the upstream's first bytes. A body whose `ended`
+    is true after a chunk has ended with that chunk: it goes out as the response's last.
     """
     pumping = asyncio.current_task()
     assert pumping is not None
@@ -96,14 +98,19 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
 
     watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
     watching.add_done_callback(client_gone)
+    start = {"type": "http.response.start", "status": 200, "headers": _raw_headers(headers, extra)}
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers, extra)})
         last = False
-        async for chunk in body:  # (not `break` at the last: the body's generators end on their own)
+        async for chunk in body:  # (not `break` at the last: a body that is a generator ends on its own)
             if last:
                 continue
             last = getattr(body, "ended", False)
+            if start:
+                await send(start)
+                start = {}
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        if start:
+            await send(start)
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:

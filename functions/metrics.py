@@ -67,11 +67,17 @@ class Metrics:
 
     def apply(self, event: Event) -> None:
         """Fold one event; the kinds no metric counts (most of a request's) cost one dict lookup."""
-        fold = self._folds.get(type(event), _UNSEEN)
-        if fold is _UNSEEN:
-            fold = self._folds[type(event)] = self._fold_for(type(event))
-        if fold is not None:
-            fold(event)
+        self.apply_all((event,))
+
+    def apply_all(self, events: Iterable[Event]) -> None:
+        """Fold a batch (an append's events) in one call."""
+        folds = self._folds
+        for event in events:
+            fold = folds.get(type(event), _UNSEEN)
+            if fold is _UNSEEN:
+                fold = folds[type(event)] = self._fold_for(type(event))
+            if fold is not None:
+                fold(event)
 
     def _fold_for(self, kind: type[Event]) -> Callable[[Any], None] | None:
         for base, fold in ((UsageRecorded, self._usage), (RequestReceived, self._received),

@@ -66,6 +66,8 @@ class Call:
     failures: list[str] = field(default_factory=list)
 
     def event(self, cls: type[Event], **fields: Any) -> Any:
+        """An event of this call (the rarer kinds; the five every request logs are built with
+        their fields spelled out: keyword arguments passed through `**` cost twice as much)."""
         c = self.caller
         ts = now_us()
         return cls(event_id=uuid7(ts), ts_us=ts, source=self.state.config.source, request_id=c.request_id,
@@ -80,10 +82,12 @@ class Call:
 
 
 def received(call: Call) -> RequestReceived:
-    p = call.parsed
-    return call.event(RequestReceived, endpoint=call.endpoint, model_requested=p.route.model or "auto",
-                      stream=p.stream, body_bytes=call.body_bytes, messages=p.messages,
-                      prompt_tokens_est=p.route.prompt_tokens_est, max_tokens=p.route.max_tokens)
+    p, c, ts = call.parsed, call.caller, now_us()
+    return RequestReceived(event_id=uuid7(ts), ts_us=ts, source=call.state.config.source, request_id=c.request_id,
+                           ip=c.ip, context=c.context, user=c.user,
+                           endpoint=call.endpoint, model_requested=p.route.model or "auto",
+                           stream=p.stream, body_bytes=call.body_bytes, messages=p.messages,
+                           prompt_tokens_est=p.route.prompt_tokens_est, max_tokens=p.route.max_tokens)
 
 
 def decided(call: Call, decision: RouteDecision | NoRoute, strategy: str, price_version: str) -> RouteDecided:
@@ -91,11 +95,14 @@ def decided(call: Call, decision: RouteDecision | NoRoute, strategy: str, price_
         return call.event(RouteDecided, strategy=strategy, reason=decision.message, price_version=price_version,
                           candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
                           candidates_total=len(decision.candidates))
-    return call.event(RouteDecided, strategy=decision.strategy, provider=decision.chosen.provider,
-                      model=decision.chosen.model, reason=decision.reason, price_version=price_version,
-                      candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
-                      candidates_total=len(decision.candidates),
-                      fallbacks=[o.key for o in decision.ordered[1:]])
+    c, ts = call.caller, now_us()
+    return RouteDecided(event_id=uuid7(ts), ts_us=ts, source=call.state.config.source, request_id=c.request_id,
+                        ip=c.ip, context=c.context, user=c.user,
+                        strategy=decision.strategy, provider=decision.chosen.provider,
+                        model=decision.chosen.model, reason=decision.reason, price_version=price_version,
+                        candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
+                        candidates_total=len(decision.candidates),
+                        fallbacks=[o.key for o in decision.ordered[1:]])
 
 
 async def reject(call: Call, error: BrokerError, first: list[Event]) -> None:
@@ -117,8 +124,11 @@ def usage_event(call: Call, offer: Offer | None, usage: Usage | None, chars: int
         source, prompt, completion, cached, reasoning = "missing", 0, 0, 0, 0
     prices = offer.prices if offer is not None else None
     cost = 0 if source == "missing" else (cost_micros(prompt, completion, cached, prices) if prices else None)
-    return call.event(
-        UsageRecorded, provider=offer.provider if offer else "", model=offer.model if offer else "",
+    c, ts = call.caller, now_us()
+    return UsageRecorded(
+        event_id=uuid7(ts), ts_us=ts, source=call.state.config.source, request_id=c.request_id, ip=c.ip,
+        context=c.context, user=c.user,
+        provider=offer.provider if offer else "", model=offer.model if offer else "",
         prompt_tokens=prompt, completion_tokens=completion, cached_tokens=min(cached, prompt),
         reasoning_tokens=reasoning, usage_source=source,
         input_micros_per_mtok=prices.input if prices else None,
@@ -157,8 +167,10 @@ async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
         call.attempts += 1
         index, key = picked
         key_id = provider.keys.key_id(index)
-        attempted = call.event(UpstreamAttempted, attempt=call.attempts, provider=offer.provider,
-                               model=offer.model, key_id=key_id)
+        c, ts = call.caller, now_us()
+        attempted = UpstreamAttempted(event_id=uuid7(ts), ts_us=ts, source=state.config.source,
+                                      request_id=c.request_id, ip=c.ip, context=c.context, user=c.user,
+                                      attempt=call.attempts, provider=offer.provider, model=offer.model, key_id=key_id)
         if prelude:
             try:
                 await admission([*prelude, attempted])
@@ -256,12 +268,13 @@ class Relay:
                  first: bytes, chunks: AsyncIterator[bytes], ttft_us: int, price_version: str,
                  settle: Callable[[UsageRecorded], None]) -> None:
         self.call, self.provider, self.offer, self.index = call, provider, offer, index
-        self.resp, self.first, self.chunks = resp, first, chunks
+        self.resp, self.chunks = resp, chunks
+        self.first: bytes | None = first  # read before answering (fallback was still possible)
         self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
         self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage,
                                   eager_chars=call.cost_cap_micros is not None)  # a cap reads chars per chunk
         self.outcome = "client_disconnect"
-        self.closed = self.settled = False
+        self.closed = self.settled = self.finished = False
         self.ended = False  # the chunk just yielded is the stream's last: the server may end the response with it
 
     def _over_budget(self) -> bool:
@@ -291,35 +304,47 @@ class Relay:
             return sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget"), True
         return out, False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        """Usage settles before the client can see the end, so its next request meets the new spend.
-        The first chunk (already read) and the rest go through one loop body: no extra generator layer.
-        Once `[DONE]` has passed and the upstream body is at its end, the last bytes are yielded with
-        `ended` set, so the response can end in the same write (one write per stream fewer); the loop
-        then runs out by itself (the upstream iterator is at its end: no wait, nothing more to yield)."""
-        scanner = self.scanner
-        try:
-            out, cut = self._relay(self.first)
-            if out or self.ended:
-                yield out
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next bytes for the client. Usage settles before the client can see the end, so its
+        next request meets the new spend. A class, not an async generator: a generator registers
+        with the loop's async-generator hooks, once per stream. Once `[DONE]` has passed and the
+        upstream body is at its end, the last bytes come with `ended` set, so the response can end
+        in the same write; the next call then finds the upstream at its end and stops."""
+        while not self.finished:
+            if self.ended:  # the upstream body is at its end: nothing more to read or wait for
+                self.finished = True
+                break
+            if self.first is not None:
+                chunk, self.first = self.first, None
+            else:
+                try:
+                    chunk = await self.chunks.__anext__()
+                except StopAsyncIteration:
+                    self.finished = True
+                    rest = self.scanner.finish()
+                    if self.scanner.done:
+                        if rest:
+                            return rest
+                        break
+                    return rest + self._broke_off()
+                except (UpstreamTimeout, UpstreamConnectError):
+                    self.finished = True
+                    return self._broke_off()
+            out, cut = self._relay(chunk)
             if cut:
-                return
-            async for chunk in self.chunks:
-                out, cut = self._relay(chunk)
-                if out or self.ended:
-                    yield out
-                if cut:
-                    return
-            rest = scanner.finish()
-            if rest:
-                yield rest
-            if not scanner.done:
-                self.outcome = "upstream_cut"
-        except (UpstreamTimeout, UpstreamConnectError):
-            self.outcome = "upstream_cut"
-        if self.outcome == "upstream_cut":
-            self.settle_once()
-            yield sse_error("upstream_error", "the upstream stream broke off before it finished")
+                self.finished = True
+                return out
+            if out or self.ended:
+                return out
+        raise StopAsyncIteration
+
+    def _broke_off(self) -> bytes:
+        self.outcome = "upstream_cut"
+        self.settle_once()
+        return sse_error("upstream_error", "the upstream stream broke off before it finished")
 
     def settle_once(self) -> None:
         if not self.settled:
@@ -351,8 +376,11 @@ async def serve(call: Call, settle: Callable[[UsageRecorded], None]) -> Answer:
     reserved_tokens = route.prompt_tokens_est + (route.max_tokens or state.config.expected_output_tokens)
     worst = cost_micros(route.prompt_tokens_est, route.max_tokens or state.config.expected_output_tokens, 0,
                         decision.chosen.prices)
-    admitted = call.event(RequestAdmitted, provider=decision.chosen.provider, model=decision.chosen.model,
-                          reserved_tokens=reserved_tokens, reserved_micros=worst or 0)
+    c, ts = call.caller, now_us()
+    admitted = RequestAdmitted(event_id=uuid7(ts), ts_us=ts, source=state.config.source, request_id=c.request_id,
+                               ip=c.ip, context=c.context, user=c.user,
+                               provider=decision.chosen.provider, model=decision.chosen.model,
+                               reserved_tokens=reserved_tokens, reserved_micros=worst or 0)
     refusal = state.admission.admit(admitted)  # check + reserve, synchronously
     if refusal is not None:
         headers = {"retry-after": str(refusal.retry_after_s), **state.admission.headers(key, admitted.ts_us)}

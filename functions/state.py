@@ -40,14 +40,12 @@ class TappedLog:
         started = time.perf_counter()
         out = await self.inner.append(events)
         self.metrics.append.observe((), time.perf_counter() - started)
-        for event in events:
-            self.metrics.apply(event)
+        self.metrics.apply_all(events)
         return out
 
     def submit(self, events: Sequence[Event]) -> tuple[list[Event], asyncio.Future[None]]:
         out, fut = self.inner.submit(events)
-        for event in events:
-            self.metrics.apply(event)
+        self.metrics.apply_all(events)
         return out, fut
 
     @property

@@ -48,8 +48,14 @@ def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes, says: str) -> N
     assert error.code == "invalid_json" and says in error.message
 
 
-def test_decode_keeps_every_field() -> None:
-    assert decode_object(b'{"a": {"b": [1, 2.5, null]}, "c": "d"}') == {"a": {"b": [1, 2.5, None]}, "c": "d"}
+def test_decode_keeps_every_field_as_the_clients_bytes() -> None:
+    fields = decode_object(b'{"a": {"b": [1, 2.5e0, null]}, "c": "d\\u00e9"}')
+    assert {k: bytes(v) for k, v in fields.items()} == {"a": b'{"b": [1, 2.5e0, null]}', "c": b'"d\\u00e9"'}
+
+
+@pytest.mark.parametrize("raw", [b'{"x": [1, 2}', b'{"x": "\xff"}', b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+def test_a_field_the_broker_does_not_read_must_still_be_valid_json(raw: bytes) -> None:
+    assert refusal(decode_object, raw).code == "invalid_json"
 
 
 def test_invalid_utf8_is_an_invalid_json_refusal() -> None:
@@ -233,8 +239,43 @@ def test_upstream_body_asks_for_stream_usage_and_keeps_other_stream_options() ->
 def test_upstream_body_does_not_change_the_parsed_request() -> None:
     parsed = chat(model="auto", stream=True, stream_options={"include_usage": False})
     upstream_body(parsed, "fake-small")
-    assert parsed.body["model"] == "auto"
-    assert parsed.body["stream_options"] == {"include_usage": False}
+    assert msgspec.json.decode(parsed.body["model"]) == "auto"
+    assert msgspec.json.decode(parsed.body["stream_options"]) == {"include_usage": False}
+
+
+def test_upstream_body_passes_other_fields_through_byte_for_byte() -> None:
+    raw = (b'{"model": "auto", "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9",  "x": 1.50}],'
+           b' "temperature": 1e-1, "tools": [ {"type": "function"} ], "seed": 1e400}')
+    sent = upstream_body(parse_chat(raw), "fake-small")
+    assert b'"messages":[{"role": "user", "content": "caf\xc3\xa9 \\u00e9",  "x": 1.50}]' in sent
+    assert b'"temperature":1e-1' in sent and b'"tools":[ {"type": "function"} ]' in sent
+    assert b'"seed":1e400' in sent  # valid JSON a float cannot hold: the upstream decides, not the broker
+    assert sent.startswith(b'{"model":"fake-small",')
+
+
+@pytest.mark.parametrize(("content", "chars", "vision"), [
+    ("hello", 5, False),
+    ([{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "data:" + "A" * 5000}}], 3, True),
+    ([{"type": "text", "text": "abc"}, "loose string", 7], 3, False),  # parts that are not objects: ignored
+    ({"odd": "shape"}, 0, False),
+    (None, 0, False),
+])
+def test_content_of_any_shape_is_counted_as_before(content: Any, chars: int, vision: bool) -> None:
+    parsed = parse_chat(body(messages=[{"role": "user", "content": content, "name": "n"}]))
+    assert parsed.prompt_chars == chars and ("vision" in parsed.route.needs) == vision
+
+
+@pytest.mark.parametrize(("tools", "needs_tools"), [
+    ([], False), (None, False), ([{"type": "function", "function": {"name": "f" * 100}}], True),
+    ({}, False), ("", False),
+])
+def test_tools_are_a_need_only_when_not_empty(tools: Any, needs_tools: bool) -> None:
+    assert ("tools" in chat(tools=tools).route.needs) == needs_tools
+
+
+def test_a_long_but_empty_tools_array_is_not_a_need() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "x"}], "tools": [' + b" " * 200 + b"]}"
+    assert "tools" not in parse_chat(raw).route.needs
 
 
 def test_upstream_body_for_a_pinned_model_sends_the_bare_model_name() -> None:

@@ -62,3 +62,56 @@ def test_a_plain_async_iterable_still_streams() -> None:
         yield b"x"
 
     assert _bodies(_stream(chunks())) == [(b"x", True), (b"", False)]
+
+
+def test_the_headers_go_out_with_the_first_chunk_ready() -> None:
+    seen: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    class Watching:
+        ended = False
+
+        def __aiter__(self) -> Watching:
+            self.left = [b"a", b"b"]
+            return self
+
+        async def __anext__(self) -> bytes:
+            seen.append(len(sent))  # what the client had when this chunk was asked for
+            if not self.left:
+                raise StopAsyncIteration
+            return self.left.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    asyncio.run(send_stream(send, receive, {}, Watching()))
+    assert seen[0] == 0  # nothing, not even the headers, before the first chunk was ready
+    assert [m["type"] for m in sent[:2]] == ["http.response.start", "http.response.body"]
+
+
+def test_a_body_that_fails_before_its_first_chunk_sends_nothing() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        raise RuntimeError("upstream gone")
+        yield b""  # pragma: no cover
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        try:
+            await send_stream(send, receive, {}, failing())
+        except RuntimeError:
+            pass
+
+    asyncio.run(run())
+    assert sent == []  # the caller can still answer with an error status
