@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, Sequence
+from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
@@ -81,8 +82,9 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
 
     The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
     and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). The headers go
-    out when the first chunk is ready, so the two writes leave back to back (the client wakes once,
-    not twice); the caller has already waited for the upstream's first bytes. A body whose `ended`
+    out when the first chunk is ready, so the two writes leave back to back (the client can read both
+    at once, and a body that fails before its first chunk can still be answered with an error); the
+    caller has already waited for the upstream's first bytes. A body whose `ended`
     is true after a chunk has ended with that chunk: it goes out as the response's last.
     """
     pumping = asyncio.current_task()
@@ -98,18 +100,19 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
 
     watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
     watching.add_done_callback(client_gone)
-    start = {"type": "http.response.start", "status": 200, "headers": _raw_headers(headers, extra)}
+    start: dict[str, Any] | None = {"type": "http.response.start", "status": 200,
+                                    "headers": _raw_headers(headers, extra)}
     try:
         last = False
         async for chunk in body:  # (not `break` at the last: a body that is a generator ends on its own)
             if last:
                 continue
             last = getattr(body, "ended", False)
-            if start:
+            if start is not None:
                 await send(start)
-                start = {}
+                start = None
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-        if start:
+        if start is not None:
             await send(start)
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

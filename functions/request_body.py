@@ -1,9 +1,10 @@
 """The few request fields the broker needs, checked with messages that name the param.
 
 The body's top level is parsed once (msgspec, in C) into raw JSON values: the fields routing needs
-are decoded from theirs, every other field passes upstream as the client's own bytes. A long
-conversation or an inline image is checked for syntax but never built into Python objects or
-encoded again; only `model` (and `stream_options` for streams) are rewritten before forwarding.
+are decoded from theirs (message text, to count it; an inline image's data is checked, never built),
+and every other field passes upstream as the client's own bytes, never encoded again: numbers keep
+their spelling, unknown fields their order. Only `model` (and `stream_options` for streams) are
+rewritten before forwarding.
 """
 
 from __future__ import annotations
