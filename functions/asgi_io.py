@@ -84,8 +84,8 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
     and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). The headers go
     out when the first chunk is ready, so the two writes leave back to back (the client can read both
     at once, and a body that fails before its first chunk can still be answered with an error); the
-    caller has already waited for the upstream's first bytes. A body whose `ended`
-    is true after a chunk has ended with that chunk: it goes out as the response's last.
+    caller has already waited for the upstream's first bytes. A body whose `ended` is true after a
+    chunk has ended with that chunk: it goes out as the response's last.
     """
     pumping = asyncio.current_task()
     assert pumping is not None

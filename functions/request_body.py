@@ -48,8 +48,7 @@ _top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _messages = msgspec.json.Decoder(list[_Message])
 _generic = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
-_JSON_KIND = {ord("["): "list", ord("{"): "dict", ord('"'): "str", ord("t"): "bool", ord("f"): "bool",
-              ord("n"): "NoneType"}
+_JSON_KIND = {ord("["): "list", ord('"'): "str", ord("t"): "bool", ord("f"): "bool", ord("n"): "NoneType"}
 
 
 def _shown(value: Any) -> str:
