@@ -50,7 +50,8 @@ class _WithUsage(msgspec.Struct):
 
 
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
-_HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # `"usage":null` on every chunk is not usage
+_USAGE_KEY = b'"usage"'
+_USAGE_OBJECT = re.compile(rb"\s*:\s*\{")  # after the key: `"usage":null` on every chunk is not usage
 _TEXT = re.compile(rb'"(?:content|text)"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')  # unrolled: no per-char alternation
 _EVENT = re.compile(rb"(?s).*?(?:\r\n\r\n|\n\n)")  # one event with its blank-line terminator
 _DONE_LINE = re.compile(rb"data: ?\[DONE\][ \t]*\r?")  # a whole line: text inside JSON has no raw newline
@@ -79,6 +80,15 @@ def _has_done_line(events: bytes) -> bool:
             return True
         at = events.rfind(b"[DONE]", 0, at)
     return False
+
+
+def _usage_at(data: bytes, start: int = 0) -> int:
+    """Where the next `"usage": {` starts, or -1. The key is found with `bytes.find` and only its
+    hits are matched: a regex search stops at every `"` of the JSON (~8 instructions a byte)."""
+    at = data.find(_USAGE_KEY, start)
+    while at >= 0 and _USAGE_OBJECT.match(data, at + 7) is None:
+        at = data.find(_USAGE_KEY, at + 7)
+    return at
 
 
 def estimate_completion_tokens(chars: int) -> int:
@@ -147,21 +157,21 @@ class SseScanner:
         else:
             complete, self._buf = data[:end], data[end:]
         self._note(complete)
-        found = _HAS_USAGE.search(complete)
-        if found is None:
+        found = _usage_at(complete)
+        if found < 0:
             return complete
         if crlf:
             return b"".join(self._usage_event(m.group(0)) for m in _EVENT.finditer(complete))
         parts: list[bytes] = []
         taken = 0
-        while found is not None:
-            start = complete.rfind(b"\n\n", 0, found.start()) + 2
+        while found >= 0:
+            start = complete.rfind(b"\n\n", 0, found) + 2
             start = start if start >= 2 else 0
-            stop = complete.find(b"\n\n", found.end()) + 2
+            stop = complete.find(b"\n\n", found) + 2
             if not self._usage_event(complete[start:stop]):
                 parts.append(complete[taken:start])
                 taken = stop
-            found = _HAS_USAGE.search(complete, stop)
+            found = _usage_at(complete, stop)
         if not taken:
             return complete
         parts.append(complete[taken:])
@@ -174,7 +184,7 @@ class SseScanner:
 
     def _usage_event(self, framed: bytes) -> bytes:
         """One framed event that mentions usage: note it; b"" when it is the usage-only chunk to drop."""
-        if framed.startswith(b"data: {") and _HAS_USAGE.search(framed):
+        if framed.startswith(b"data: {") and _usage_at(framed) >= 0:
             try:
                 parsed = _usage_decoder.decode(framed[6:])
             except (msgspec.DecodeError, msgspec.ValidationError):
