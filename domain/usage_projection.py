@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from typing import NamedTuple
 
 from domain.events import INT64_MAX, Event, RequestAdmitted, UsageRecorded
 from domain.limits import Limits
@@ -161,9 +162,8 @@ class Refusal:
     message: str
 
 
-@dataclass(frozen=True)
-class Headroom:
-    """What the rate-limit response headers report after a decision."""
+class Headroom(NamedTuple):
+    """What the rate-limit response headers report after a decision (a tuple: made per answer)."""
 
     limit_requests: int | None
     remaining_requests: int | None

@@ -12,6 +12,7 @@ from domain.routing import Policy
 from domain.usage_projection import Refusal, UsageProjection, duration
 
 Key = tuple[str, str]
+RESETS_REMEMBERED = 4096  # distinct reset texts: at most ~1,000 ms values and a window's seconds
 
 
 def _set(values: tuple[str, ...] | None) -> frozenset[str] | None:
@@ -28,17 +29,21 @@ class Admission:
     def __init__(self, book: PolicyBook, usage: UsageProjection) -> None:
         self.book = book
         self.usage = usage
-        self._cache: dict[Key, tuple[Limits, Policy]] = {}
+        # per bucket: (limits, routing policy, the limits as header values)
+        self._cache: dict[Key, tuple[Limits, Policy, tuple[bytes | None, bytes | None]]] = {}
         self._version = -1
+        self._resets: dict[int, bytes] = {}
 
-    def _lookup(self, key: Key) -> tuple[Limits, Policy]:
+    def _lookup(self, key: Key) -> tuple[Limits, Policy, tuple[bytes | None, bytes | None]]:
         if self._version != self.book.version:
             self._cache.clear()
             self._version = self.book.version
         hit = self._cache.get(key)
         if hit is None:
             limits = self.book.effective(*key)
-            hit = self._cache[key] = (limits, routing_policy(limits))
+            rpm, tpm = limits.requests_per_min, limits.tokens_per_min
+            shown = (None if rpm is None else b"%d" % rpm, None if tpm is None else b"%d" % tpm)
+            hit = self._cache[key] = (limits, routing_policy(limits), shown)
         return hit
 
     def limits(self, key: Key) -> Limits:
@@ -71,17 +76,31 @@ class Admission:
     def raw_headers(self, key: Key, now_us: int) -> list[tuple[bytes, bytes]]:
         """`x-ratelimit-*` as OpenAI sends them (reset as a duration like `6m0s`), as ASGI header
         pairs: every answer carries them, so they are built as bytes once, not as text and encoded."""
-        room = self.usage.headroom(key, self.limits(key), now_us)
+        limits, _, (rpm, tpm) = self._lookup(key)
+        room = self.usage.headroom(key, limits, now_us)
+        reset = self._reset(room.reset_requests_us)
         out: list[tuple[bytes, bytes]] = []
-        if room.limit_requests is not None:
-            out += ((b"x-ratelimit-limit-requests", b"%d" % room.limit_requests),
+        if rpm is not None:
+            out += ((b"x-ratelimit-limit-requests", rpm),
                     (b"x-ratelimit-remaining-requests", b"%d" % (room.remaining_requests or 0)),
-                    (b"x-ratelimit-reset-requests", duration(room.reset_requests_us).encode()))
-        if room.limit_tokens is not None:
-            out += ((b"x-ratelimit-limit-tokens", b"%d" % room.limit_tokens),
+                    (b"x-ratelimit-reset-requests", reset))
+        if tpm is not None:
+            same = room.reset_tokens_us == room.reset_requests_us
+            out += ((b"x-ratelimit-limit-tokens", tpm),
                     (b"x-ratelimit-remaining-tokens", b"%d" % (room.remaining_tokens or 0)),
-                    (b"x-ratelimit-reset-tokens", duration(room.reset_tokens_us).encode()))
+                    (b"x-ratelimit-reset-tokens", reset if same else self._reset(room.reset_tokens_us)))
         return out
+
+    def _reset(self, us: int) -> bytes:
+        """`duration(us)` as bytes, remembered by the value it rounds to (ms below a second, else s):
+        a busy bucket's reset reads the same (`59s`) for many answers in a row."""
+        rounded = -(-us // 1000) if us < 1_000_000 else 1_000_000 - (-us // 1_000_000)
+        text = self._resets.get(rounded)
+        if text is None:
+            if len(self._resets) >= RESETS_REMEMBERED:
+                self._resets.clear()
+            text = self._resets[rounded] = duration(us).encode()
+        return text
 
     def headers(self, key: Key, now_us: int) -> dict[str, str]:
         """`raw_headers` as text (a 429's headers, tests)."""

@@ -60,7 +60,11 @@ def _raw_headers(headers: dict[str, str], extra: RawHeaders = ()) -> list[tuple[
 
 
 async def send_bytes(send: Send, status: int, headers: dict[str, str], body: bytes, extra: RawHeaders = ()) -> None:
-    raw = _raw_headers(headers, extra)
+    await send_raw(send, status, _raw_headers(headers, extra), body)
+
+
+async def send_raw(send: Send, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """A whole answer; `raw` (ASGI header pairs, extended here by content-length) is the caller's."""
     raw.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -76,8 +80,7 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def send_stream(send: Send, receive: Receive, headers: dict[str, str], body: AsyncIterable[bytes],
-                      extra: RawHeaders = ()) -> bool:
+async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: AsyncIterable[bytes]) -> bool:
     """Stream `body` as SSE; returns False if the client went away first.
 
     The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
@@ -100,8 +103,7 @@ async def send_stream(send: Send, receive: Receive, headers: dict[str, str], bod
 
     watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
     watching.add_done_callback(client_gone)
-    start: dict[str, Any] | None = {"type": "http.response.start", "status": 200,
-                                    "headers": _raw_headers(headers, extra)}
+    start: dict[str, Any] | None = {"type": "http.response.start", "status": 200, "headers": headers}
     try:
         last = False
         async for chunk in body:  # (not `break` at the last: a body that is a generator ends on its own)

@@ -19,7 +19,7 @@ from domain.events import UsageRecorded
 from domain.identity import IdentityError, context_of, user_of
 from eventlog.base import EventLogError
 from eventlog.ids import now_us, uuid7
-from functions.asgi_io import headers_named, read_body, send_bytes, send_error, send_stream
+from functions.asgi_io import headers_named, read_body, send_error, send_raw, send_stream
 from functions.errors import BrokerError, error_body
 from functions.pipeline import Call, Caller, serve
 from functions.request_body import ParsedRequest, parse_chat, parse_completion, parse_embedding
@@ -91,13 +91,13 @@ async def proxy(scope: Scope, receive: Receive, send: Send, endpoint: str, path:
     try:
         await _admit_input(scope, receive, call, bad_context, parse, named.get(b"content-length"))
         answer = await serve(call, settle)
-        headers.update(answer.headers)
         limits = state.admission.raw_headers((caller.ip, caller.context), now_us())
+        raw = [(b"x-request-id", caller.request_id.encode()), *answer.headers, *limits]
         if answer.stream is None:
             await _flush(state, settled)
-            await send_bytes(send, answer.status, headers, answer.body, limits)
+            await send_raw(send, answer.status, raw, answer.body)
         else:
-            await send_stream(send, receive, headers, answer.stream, limits)
+            await send_stream(send, receive, raw, answer.stream)
     except BrokerError as exc:
         await _flush(state, settled)
         await send_error(send, exc, headers, limits)

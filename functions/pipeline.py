@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from domain.catalog import Offer
 from domain.cost import cost_micros
@@ -33,24 +34,23 @@ RECORDED_CANDIDATES = 32  # a 300-model catalog must not put 300 candidates in e
 RETRYABLE = frozenset({401, 403, 408, 409, 429})  # plus every 5xx
 
 
-@dataclass
-class Caller:
+class Caller(msgspec.Struct):
+    """Who is asking. (The request's records are msgspec Structs: their `__init__` runs in C.)"""
+
     ip: str
     context: str
     user: str | None
     request_id: str
 
 
-@dataclass
-class Answer:
+class Answer(msgspec.Struct):
     status: int
-    headers: dict[str, str]
+    headers: list[tuple[bytes, bytes]]  # ASGI pairs: what the provider's answer adds
     body: bytes = b""
     stream: Relay | None = None
 
 
-@dataclass
-class Call:
+class Call(msgspec.Struct):
     """Everything one request accumulates on its way through."""
 
     state: BrokerState
@@ -61,9 +61,9 @@ class Call:
     body_bytes: int = 0
     cost_cap_micros: int | None = None  # a stream without max_tokens is cut when it would cost more
     budget_code: str = ""  # which budget that cap comes from
-    t0: float = field(default_factory=time.monotonic)
+    t0: float = msgspec.field(default_factory=time.monotonic)
     attempts: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = msgspec.field(default_factory=list)
 
     def event(self, cls: type[Event], **fields: Any) -> Any:
         """An event of this call (the rarer kinds). The five every request logs are built with their
@@ -224,8 +224,9 @@ async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: st
         resp.close()
         failed(resp.status, f"http_{resp.status}", _retry_after_s(resp))
         return None
-    out_headers = {"content-type": resp.headers.get("content-type", "application/json"),
-                   "x-aibroker-provider": offer.provider, "x-aibroker-model": offer.model}
+    ctype = resp.headers.get("content-type")
+    out_headers = [(b"content-type", ctype.encode("latin-1", "replace") if ctype else b"application/json"),
+                   *call.state.route_headers(offer)]
     if call.parsed.stream and resp.status == 200:
         return await _start_stream(call, provider, offer, index, resp, out_headers, price_version, settle, failed)
     try:
@@ -244,7 +245,7 @@ async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: st
 
 
 async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int, resp: UpstreamResponse,
-                        headers: dict[str, str], price_version: str, settle: Callable[[UsageRecorded], None],
+                        headers: list[tuple[bytes, bytes]], price_version: str, settle: Callable[[UsageRecorded], None],
                         failed: Callable[..., None]) -> Answer | None:
     """Wait for the first upstream chunk before answering, so a dead stream can still fall back."""
     chunks = resp.chunks().__aiter__()
@@ -257,7 +258,7 @@ async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int
         failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
         return None
     call.state.backoff.succeeded(offer.key)
-    headers["cache-control"] = "no-cache"
+    headers.append((b"cache-control", b"no-cache"))
     relay = Relay(call, provider, offer, index, resp, first, chunks, call.elapsed_us(), price_version, settle)
     return Answer(200, headers, stream=relay)
 

@@ -9,7 +9,6 @@ rewritten before forwarding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Union
 
 import msgspec
@@ -22,8 +21,7 @@ from functions.errors import BrokerError
 MAX_TOKENS_PARAM = 2**31 - 1  # no model has a larger window; the log stores int64
 
 
-@dataclass
-class ParsedRequest:
+class ParsedRequest(msgspec.Struct):
     body: dict[str, Any]  # top-level fields as `msgspec.Raw` (the client's bytes), as sent upstream
     route: RouteRequest
     stream: bool

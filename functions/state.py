@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from domain.catalog import Offer
 from domain.events import Event, UsageRecorded
 from domain.identity import Network, client_ip, parse_networks
 from domain.limits import PolicyBook
@@ -28,6 +29,7 @@ from functions.upstream import Timeouts, UpstreamClient, make_client
 
 log = logging.getLogger("aibroker")
 CLIENT_IPS_REMEMBERED = 16_384
+ROUTE_HEADERS_REMEMBERED = 4096  # offers (a catalog holds a few hundred)
 
 
 class TappedLog:
@@ -75,6 +77,18 @@ class BrokerState:
         self._down: frozenset[str] = frozenset()
         self._down_at = -1.0
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
+        self._route_headers: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
+
+    def route_headers(self, offer: Offer) -> tuple[tuple[bytes, bytes], ...]:
+        """`x-aibroker-provider` and `-model` of an offer as ASGI pairs, made once per offer."""
+        pairs = self._route_headers.get(offer.key)
+        if pairs is None:
+            if len(self._route_headers) >= ROUTE_HEADERS_REMEMBERED:
+                self._route_headers.clear()
+            pairs = self._route_headers[offer.key] = (
+                (b"x-aibroker-provider", offer.provider.encode("latin-1", "replace")),
+                (b"x-aibroker-model", offer.model.encode("latin-1", "replace")))
+        return pairs
 
     def client_ip(self, peer: str | None, forwarded_for: str | None, real_ip: str | None) -> str:
         """The bucket ip for (peer, X-Forwarded-For, X-Real-IP), remembered: a busy broker sees the

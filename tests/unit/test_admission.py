@@ -7,10 +7,12 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.events import LimitsChanged, RequestAdmitted, UsageRecorded
 from domain.limits import Limits, PolicyBook
-from domain.usage_projection import DAY_US, WINDOW_US, UsageProjection
+from domain.usage_projection import DAY_US, WINDOW_US, UsageProjection, duration
 from functions.admission import Admission
 
 T0_US = 1_750_000_000_000_000  # a Sunday, 15:06:40 UTC
@@ -133,6 +135,15 @@ def test_headers_report_limit_remaining_and_reset_as_a_duration() -> None:
         "x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "850",
         "x-ratelimit-reset-tokens": "54s",
     }
+
+
+@given(st.lists(st.one_of(st.integers(-2_000_000, 2 * WINDOW_US),
+                          st.sampled_from([0, 1, 999, 1000, 1001, 999_000, 999_001, 999_999, 1_000_000, 1_000_001])),
+                max_size=40))
+def test_remembered_reset_texts_are_the_durations_they_stand_for(values: list[int]) -> None:
+    a = admission()
+    for us in values + values:  # the second pass reads what the first remembered
+        assert a._reset(us) == duration(us).encode(), us
 
 
 def test_headers_of_an_idle_bucket_show_full_room_and_no_wait() -> None:

@@ -31,7 +31,7 @@ def _stream(body: Any) -> list[dict[str, Any]]:
         return {"type": "http.disconnect"}
 
     async def run() -> None:
-        assert await send_stream(send, receive, {"content-type": "text/event-stream"}, body)
+        assert await send_stream(send, receive, [(b"content-type", b"text/event-stream")], body)
 
     asyncio.run(run())
     return sent
@@ -88,7 +88,7 @@ def test_the_headers_go_out_with_the_first_chunk_ready() -> None:
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
-    asyncio.run(send_stream(send, receive, {}, Watching()))
+    asyncio.run(send_stream(send, receive, [], Watching()))
     assert seen[0] == 0  # nothing, not even the headers, before the first chunk was ready
     assert [m["type"] for m in sent[:2]] == ["http.response.start", "http.response.body"]
 
@@ -109,7 +109,7 @@ def test_a_body_that_fails_before_its_first_chunk_sends_nothing() -> None:
 
     async def run() -> None:
         try:
-            await send_stream(send, receive, {}, failing())
+            await send_stream(send, receive, [], failing())
         except RuntimeError:
             pass
 
