@@ -273,7 +273,9 @@ def _checker(cls: type[Event]) -> msgspec.json.Decoder[Any]:
         else:
             fields.append((f.name, typ, msgspec.NODEFAULT))
     config = cls.__struct_config__
-    twin = msgspec.defstruct(f"{cls.__name__}Check", fields, kw_only=True, tag_field=config.tag_field, tag=config.tag)
+    # gc=False: a twin lives only inside the check, holds plain values, and is never tracked by the GC
+    twin = msgspec.defstruct(f"{cls.__name__}Check", fields, kw_only=True, tag_field=config.tag_field, tag=config.tag,
+                             gc=False)
     return msgspec.json.Decoder(twin)
 
 

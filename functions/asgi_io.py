@@ -34,10 +34,15 @@ def headers_named(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
 async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BrokerError("body_too_large", f"the request body of {declared} bytes exceeds the limit of {limit} bytes")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual: one message
+        body = message.get("body", b"")
+        if len(body) > limit:
+            raise BrokerError("body_too_large", f"the request body exceeds the limit of {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("client went away while sending the body")
         chunk = message.get("body", b"")
@@ -47,6 +52,7 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        message = await receive()
 
 
 RawHeaders = Sequence[tuple[bytes, bytes]]

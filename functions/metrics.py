@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from domain.events import (
+    EVENT_TYPES,
     Event,
     RequestReceived,
     RequestRejected,
@@ -63,7 +64,8 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS_S)
         self.ttft = Histogram(LATENCY_BUCKETS_S)
         self.append = Histogram(APPEND_BUCKETS_S)
-        self._folds: dict[type[Event], Callable[[Any], None] | None] = {}
+        # the fold for each event kind (None: no metric counts it), filled in for every known kind
+        self._folds: dict[type[Event], Callable[[Any], None] | None] = {t: self._fold_for(t) for t in EVENT_TYPES}
 
     def apply(self, event: Event) -> None:
         """Fold one event; the kinds no metric counts (most of a request's) cost one dict lookup."""
@@ -74,10 +76,13 @@ class Metrics:
         folds = self._folds
         for event in events:
             fold = folds.get(type(event), _UNSEEN)
-            if fold is _UNSEEN:
+            if fold is None:
+                continue
+            if fold is _UNSEEN:  # a kind made elsewhere (a subclass): looked up once
                 fold = folds[type(event)] = self._fold_for(type(event))
-            if fold is not None:
-                fold(event)
+                if fold is None:
+                    continue
+            fold(event)
 
     def _fold_for(self, kind: type[Event]) -> Callable[[Any], None] | None:
         for base, fold in ((UsageRecorded, self._usage), (RequestReceived, self._received),
