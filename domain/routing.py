@@ -37,7 +37,7 @@ class RouteRequest(Struct, frozen=True, kw_only=True):
     needs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if unknown := self.needs - CAPABILITY_NAMES:
+        if self.needs and (unknown := self.needs - CAPABILITY_NAMES):
             known = sorted(CAPABILITY_NAMES)
             raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {known}")
         if self.prompt_tokens_est < 0 or (self.max_tokens is not None and self.max_tokens < 0):
@@ -233,10 +233,11 @@ def _check(offer: Offer, ask: _Ask) -> tuple[int, str]:
             return MODEL_POLICY, "model not allowed by policy"
     if ask.auto and not offer.prices.known:
         return PRICE, "price unknown (auto never picks it)"
-    if offer.provider in ask.unhealthy:
-        return HEALTH, "provider unhealthy"
-    if offer.key in ask.unhealthy:
-        return HEALTH, "offer backing off after errors"
+    if ask.unhealthy:
+        if offer.provider in ask.unhealthy:
+            return HEALTH, "provider unhealthy"
+        if offer.key in ask.unhealthy:
+            return HEALTH, "offer backing off after errors"
     if ask.needs and (missing := [n for n in ask.needs if not getattr(offer.caps, n)]):
         return CAPS, f"lacks {', '.join(missing)}"
     if offer.context_window < ask.window_tokens:

@@ -119,12 +119,11 @@ class FileEventLog:
     # ---- appending (event loop) -----------------------------------------------------------------
 
     async def append(self, events: Sequence[Event]) -> list[Event]:
-        self._check_open()
         while self._pending_events >= self._max_pending:
+            self._check_open()
             self._space.clear()
             await self._space.wait()
-            self._check_open()
-        out, fut = self.submit(events)
+        out, fut = self.submit(events)  # (checks that the log is open)
         await fut  # a cancelled caller's events are still written
         return out
 

@@ -32,17 +32,17 @@ class Backoff:
     """Offers ("provider/model") that failed with 5xx or a network error, and until when they rest."""
 
     def __init__(self) -> None:
-        self._failures: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # consecutive failures per offer (empty: nothing to clear)
         self._until: dict[str, float] = {}
 
     def failed(self, key: str, now_s: float) -> None:
-        n = self._failures.get(key, 0) + 1
-        self._failures[key] = n
+        n = self.failures.get(key, 0) + 1
+        self.failures[key] = n
         self._until[key] = now_s + min(BACKOFF_START_S * 2 ** min(n - 1, 16), BACKOFF_CAP_S)
 
     def succeeded(self, key: str) -> None:
-        if key in self._failures:
-            del self._failures[key]
+        if key in self.failures:
+            del self.failures[key]
             self._until.pop(key, None)
 
     def resting(self, now_s: float) -> frozenset[str]:

@@ -235,7 +235,8 @@ async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: st
         failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
         return None
     provider.keys.release(index)
-    call.state.backoff.succeeded(offer.key)
+    if call.state.backoff.failures:  # (an offer's key is only made when some offer failed)
+        call.state.backoff.succeeded(offer.key)
     ok = resp.status < 400
     usage = usage_of_body(data) if ok else None
     chars = text_chars(data) if ok and usage is None else 0
@@ -257,7 +258,8 @@ async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int
         resp.close()
         failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
         return None
-    call.state.backoff.succeeded(offer.key)
+    if call.state.backoff.failures:  # (an offer's key is only made when some offer failed)
+        call.state.backoff.succeeded(offer.key)
     headers.append((b"cache-control", b"no-cache"))
     relay = Relay(call, provider, offer, index, resp, first, chunks, call.elapsed_us(), price_version, settle)
     return Answer(200, headers, stream=relay)
