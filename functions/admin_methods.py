@@ -147,7 +147,7 @@ async def routing_explain(ctx: AdminContext, p: Explain) -> dict[str, Any]:
         parsed = PARSERS[p.endpoint](msgspec.json.encode(p.request))
     except BrokerError as exc:
         raise RpcError(INVALID_PARAMS, f"invalid params: request: {exc.message}") from None
-    decision, strategy = ctx.state.route(parsed.route, (p.ip, p.context))
+    decision, strategy = ctx.state.route(parsed.route, (p.ip, p.context), complete=True)
     candidates = [{"provider": c.offer.provider, "model": c.offer.model, "est_cost_micros": c.est_cost_micros,
                    "eligible": c.eligible, "reason": c.reason} for c in decision.candidates]
     base = {"strategy": strategy, "prompt_tokens_est": parsed.route.prompt_tokens_est, "candidates": candidates,

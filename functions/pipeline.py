@@ -26,11 +26,10 @@ from eventlog.ids import now_us, uuid7
 from functions.errors import BrokerError, sse_error
 from functions.providers import Provider
 from functions.request_body import ParsedRequest, upstream_body
-from functions.state import BrokerState
+from functions.state import RECORDED_CANDIDATES, BrokerState
 from functions.upstream import UpstreamConnectError, UpstreamResponse, UpstreamTimeout
 from functions.usage_capture import SseScanner, Usage, estimate_completion_tokens, text_chars, usage_of_body
 
-RECORDED_CANDIDATES = 32  # a 300-model catalog must not put 300 candidates in every request's event
 RETRYABLE = frozenset({401, 403, 408, 409, 429})  # plus every 5xx
 
 
@@ -102,8 +101,8 @@ def decided(call: Call, decision: RouteDecision | NoRoute, strategy: str, price_
                         strategy=decision.strategy, provider=decision.chosen.provider,
                         model=decision.chosen.model, reason=decision.reason, price_version=price_version,
                         candidates=event_candidates(decision.candidates[:RECORDED_CANDIDATES]),
-                        candidates_total=len(decision.candidates),
-                        fallbacks=[o.key for o in decision.ordered[1:]])
+                        candidates_total=decision.considered,
+                        fallbacks=[o.key for o in decision.ordered[1:RECORDED_CANDIDATES]])
 
 
 async def reject(call: Call, error: BrokerError, first: list[Event]) -> None:

@@ -16,7 +16,7 @@ from domain.catalog import Offer
 from domain.events import Event, UsageRecorded
 from domain.identity import Network, client_ip, parse_networks
 from domain.limits import PolicyBook
-from domain.routing import NoRoute, RouteDecision, RouteRequest, route
+from domain.routing import AutoTable, NoRoute, RouteDecision, RouteRequest, auto_table, route, route_auto
 from domain.usage_projection import UsageProjection
 from functions.admission import Admission
 from eventlog.base import EventLog
@@ -30,6 +30,8 @@ from functions.upstream import Timeouts, UpstreamClient, make_client
 log = logging.getLogger("aibroker")
 CLIENT_IPS_REMEMBERED = 16_384
 ROUTE_HEADERS_REMEMBERED = 4096  # offers (a catalog holds a few hundred)
+AUTO_TABLES_KEPT = 1024  # (kind, needs, policy, health) combinations per catalog version
+RECORDED_CANDIDATES = 32  # a 300-model catalog must not put 300 candidates in every request's event
 
 
 class TappedLog:
@@ -78,6 +80,8 @@ class BrokerState:
         self._down_at = -1.0
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
         self._route_headers: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
+        self._tables: dict[tuple[object, ...], AutoTable] = {}  # auto routing, per catalog version
+        self._tables_of: object = None  # the catalog `_tables` were built from
 
     def route_headers(self, offer: Offer) -> tuple[tuple[bytes, bytes], ...]:
         """`x-aibroker-provider` and `-model` of an offer as ASGI pairs, made once per offer."""
@@ -102,14 +106,29 @@ class BrokerState:
                                                    via_unix_socket=not peer, v6_prefix=self.config.ipv6_bucket_prefix)
         return ip
 
-    def route(self, request: RouteRequest, key: tuple[str, str]) -> tuple[RouteDecision | NoRoute, str]:
+    def route(self, request: RouteRequest, key: tuple[str, str],
+              complete: bool = False) -> tuple[RouteDecision | NoRoute, str]:
+        """The decision for `request` from bucket `key`. `auto` by cost routes from a table kept per
+        catalog version and rules, keeping the first 32 candidates; `complete` lists every one."""
         policy = self.admission.policy(key)
         strategy = policy.strategy or self.config.routing_strategy
         now_s = time.monotonic()
         if now_s - self._down_at > 0.05:  # health changes on a scale of seconds: recompute ≤ 20×/s
             self._down, self._down_at = unhealthy(self.providers, now_s) | self.backoff.resting(now_s), now_s
         down = self._down
-        decision = route(self.catalog.catalog, request, unhealthy=down, policy=policy, strategy=strategy,
+        catalog = self.catalog.catalog
+        if strategy == "cheapest" and request.auto and policy.pinned_model is None and not complete:
+            if self._tables_of is not catalog or len(self._tables) >= AUTO_TABLES_KEPT:
+                self._tables, self._tables_of = {}, catalog
+            rules = (request.kind, request.needs, policy, down)
+            table = self._tables.get(rules)
+            if table is None:
+                table = self._tables[rules] = auto_table(catalog, request.kind, policy, down, request.needs)
+            decided = route_auto(table, request, keep=max(RECORDED_CANDIDATES, self.config.max_attempts),
+                                 expected_output_tokens=self.config.expected_output_tokens)
+            if decided is not None:
+                return decided, strategy
+        decision = route(catalog, request, unhealthy=down, policy=policy, strategy=strategy,
                          expected_output_tokens=self.config.expected_output_tokens, observed_ttft_us=self.ttft_us)
         return decision, strategy
 
