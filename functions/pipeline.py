@@ -274,38 +274,39 @@ class Relay:
         self.resp, self.chunks = resp, chunks
         self.first: bytes | None = first  # read before answering (fallback was still possible)
         self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
+        self.cap = call.cost_cap_micros  # None: no budget cap on this stream
         self.scanner = SseScanner(strip_usage_chunk=not call.parsed.wants_usage,
-                                  eager_chars=call.cost_cap_micros is not None)  # a cap reads chars per chunk
+                                  eager_chars=self.cap is not None)  # a cap reads chars per chunk
         self.outcome = "client_disconnect"
         self.closed = self.settled = self.finished = False
         self.ended = False  # the chunk just yielded is the stream's last: the server may end the response with it
 
     def _over_budget(self) -> bool:
-        cap = self.call.cost_cap_micros
-        if cap is None:
-            return False
         est = self.call.parsed.route.prompt_tokens_est
         cost = cost_micros(est, estimate_completion_tokens(self.scanner.chars), 0, self.offer.prices)
-        return cost is not None and cost > cap
+        return cost is not None and cost > self.cap  # type: ignore[operator]
 
-    def _relay(self, chunk: bytes) -> tuple[bytes, bool]:
-        """(bytes to forward, cut?) for one upstream chunk; settles when the stream ends or is cut."""
+    def _feed_capped(self, chunk: bytes) -> bytes | None:
+        """`scanner.feed` under a cost cap: None when forwarding `chunk` would cross it (checked
+        before the chunk goes out); usage then settles what the client received."""
         scanner = self.scanner
-        delivered = scanner.chars if self.call.cost_cap_micros is not None else 0
+        delivered = scanner.chars
         out = scanner.feed(chunk)
-        if scanner.done:
-            self.outcome = "ok"
-            self.settle_once()
-            if not self.ended and self.resp.at_eof():  # nothing more can come: these are the last bytes
-                out += scanner.finish()
-                self.ended = True
-        elif self._over_budget():  # checked before forwarding the chunk that crosses the cap
+        if not scanner.done and self._over_budget():
             scanner.chars = delivered  # bill what the client received
             self.outcome = "budget_cut"
             self.settle_once()
-            code = self.call.budget_code or "budget_daily"
-            return sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget"), True
-        return out, False
+            return None
+        return out
+
+    def _done(self, out: bytes) -> bytes:
+        """`[DONE]` has passed: settle; if the upstream body is at its end, these are the last bytes."""
+        self.outcome = "ok"
+        self.settle_once()
+        if not self.ended and self.resp.at_eof():
+            out += self.scanner.finish()
+            self.ended = True
+        return out
 
     def __aiter__(self) -> Relay:
         return self
@@ -316,19 +317,21 @@ class Relay:
         with the loop's async-generator hooks, once per stream. Once `[DONE]` has passed and the
         upstream body is at its end, the last bytes come with `ended` set, so the response can end
         in the same write; the next call then finds the upstream at its end and stops."""
+        scanner = self.scanner
         while not self.finished:
             if self.ended:  # the upstream body is at its end: nothing more to read or wait for
                 self.finished = True
                 break
-            if self.first is not None:
-                chunk, self.first = self.first, None
+            chunk = self.first
+            if chunk is not None:
+                self.first = None
             else:
                 try:
                     chunk = await self.chunks.__anext__()
                 except StopAsyncIteration:
                     self.finished = True
-                    rest = self.scanner.finish()
-                    if self.scanner.done:
+                    rest = scanner.finish()
+                    if scanner.done:
                         if rest:
                             return rest
                         break
@@ -336,10 +339,13 @@ class Relay:
                 except (UpstreamTimeout, UpstreamConnectError):
                     self.finished = True
                     return self._broke_off()
-            out, cut = self._relay(chunk)
-            if cut:
+            out = scanner.feed(chunk) if self.cap is None else self._feed_capped(chunk)
+            if out is None:
                 self.finished = True
-                return out
+                code = self.call.budget_code or "budget_daily"
+                return sse_error(code, f"the stream was cut: it reached this (ip, context)'s {code[7:]} budget")
+            if scanner.done:
+                out = self._done(out)
             if out or self.ended:
                 return out
         raise StopAsyncIteration
