@@ -57,7 +57,7 @@ class RateWindow:
     can correct its tokens while it is still in the window; a cancelled entry is voided in place
     (tokens -1) and no longer counts."""
 
-    __slots__ = ("base", "head", "tokens", "total", "ts", "voids")
+    __slots__ = ("base", "head", "live", "tokens", "total", "ts", "voids")
     COMPACT_AFTER = 1024  # dropped entries before the arrays are cut (and renumbered)
 
     def __init__(self) -> None:
@@ -67,9 +67,10 @@ class RateWindow:
         self.base = 0  # position of index 0
         self.total = 0  # tokens of the entries in the window
         self.voids = 0  # voided entries at or after head
+        self.live = 0  # entries in the window, not voided (== len(self); an attribute, read per request)
 
     def __len__(self) -> int:
-        return len(self.ts) - self.head - self.voids
+        return self.live
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """(ts_us, tokens) of each entry in the window, oldest first."""
@@ -82,6 +83,7 @@ class RateWindow:
         self.ts.append(ts_us)
         self.tokens.append(tokens)
         self.total += tokens
+        self.live += 1
         return self.base + len(self.ts) - 1
 
     def oldest_ts(self) -> int | None:
@@ -94,11 +96,14 @@ class RateWindow:
     def evict(self, horizon_us: int) -> None:
         """Drop entries at or before `horizon_us`; compact once the dropped part is the larger."""
         ts, tokens, head, end = self.ts, self.tokens, self.head, len(self.ts)
+        if head == end or ts[head] > horizon_us:  # the usual: nothing has expired since the last look
+            return
         while head < end and ts[head] <= horizon_us:
             if tokens[head] < 0:
                 self.voids -= 1
             else:
                 self.total -= tokens[head]
+                self.live -= 1
             head += 1
         self.head = head
         if head >= self.COMPACT_AFTER and 2 * head >= end:
@@ -121,6 +126,7 @@ class RateWindow:
             self.total -= self.tokens[i]
             self.tokens[i] = -1
             self.voids += 1
+            self.live -= 1
 
 
 class Held(Struct, gc=False):
@@ -213,24 +219,20 @@ class UsageProjection:
             if len(seen) >= self._generation:
                 self._seen_before, self._seen = seen, set()
             if kind is RequestAdmitted:
-                self._admitted(event)  # type: ignore[arg-type]
+                self.reserve(event)  # type: ignore[arg-type]
             else:
-                self._settled(event)  # type: ignore[arg-type]
+                self.settle(event)  # type: ignore[arg-type]
         if event.seq > self.last_seq:
             self.last_seq = event.seq
         return self
 
-    def apply_new(self, event: RequestAdmitted | UsageRecorded) -> None:
-        """Fold an admission or settlement the caller just made (a fresh `event_id`): no de-dup
-        bookkeeping. The seen-id sets are for replay, where a log may repeat an event; live, they
-        would cost two set operations per request and hold up to `dedup_window` ids for nothing."""
-        if isinstance(event, RequestAdmitted):
-            self._admitted(event)  # type: ignore[arg-type]
-        else:
-            self._settled(event)  # type: ignore[arg-type]
+    # `reserve` and `settle` fold an admission or settlement the caller just made (a fresh
+    # `event_id`): no de-dup bookkeeping. The seen-id sets are for replay, where a log may repeat an
+    # event; live, they would cost two set operations per request and hold up to `dedup_window` ids.
 
-    def _admitted(self, e: RequestAdmitted) -> None:
-        b = self.bucket((e.ip, e.context))
+    def reserve(self, e: RequestAdmitted) -> None:
+        key = (e.ip, e.context)
+        b = self.buckets.get(key) or self.bucket(key)
         position = b.window.append(e.ts_us, e.reserved_tokens)
         b.in_flight.setdefault(e.request_id, []).append(Held(e.reserved_tokens, e.reserved_micros, position))
         b.in_flight_n += 1
@@ -247,8 +249,9 @@ class UsageProjection:
         b.reserved_micros -= held.micros
         return held
 
-    def _settled(self, e: UsageRecorded) -> None:
-        b = self.bucket((e.ip, e.context))
+    def settle(self, e: UsageRecorded) -> None:
+        key = (e.ip, e.context)
+        b = self.buckets.get(key) or self.bucket(key)
         held = self._release(b, e.request_id)
         if held is not None:
             b.window.correct(held.position, e.prompt_tokens + e.completion_tokens)
@@ -275,22 +278,25 @@ class UsageProjection:
     def check(self, key: BucketKey, limits: Limits, now_us: int, tokens: int, micros: int) -> Refusal | None:
         """May a request reserving `tokens` and `micros` (worst case) start now? Changes nothing
         but evicting expired window entries."""
-        b = self.bucket(key)
-        b.evict(now_us)
+        b = self.buckets.get(key) or self.bucket(key)
+        window = b.window
+        window.evict(now_us - WINDOW_US)
         if limits.concurrent is not None and b.in_flight_n >= limits.concurrent:
             return Refusal("concurrency_limit", limits.concurrent, b.in_flight_n, 1,
                            f"{b.in_flight_n} requests of this (ip, context) are in flight; the limit is {limits.concurrent}")
         rpm = limits.requests_per_min
-        if rpm is not None and len(b.window) + 1 > rpm:
-            oldest = b.window.oldest_ts()
+        if rpm is not None and window.live + 1 > rpm:
+            oldest = window.oldest_ts()
             wait = (oldest + WINDOW_US - now_us) if oldest is not None else WINDOW_US
-            return Refusal("rate_limit_requests", rpm, len(b.window), _ceil_s(wait),
+            return Refusal("rate_limit_requests", rpm, window.live, _ceil_s(wait),
                            f"rate limit of {rpm} requests per minute reached for this (ip, context)")
         tpm = limits.tokens_per_min
-        if tpm is not None and b.window_tokens + tokens > tpm:
+        if tpm is not None and window.total + tokens > tpm:
             return Refusal("rate_limit_tokens", tpm, b.window_tokens + tokens, _ceil_s(_tokens_wait(b, tpm, tokens, now_us)),
                            f"this request needs {tokens} tokens; {max(tpm - b.window_tokens, 0)} of {tpm} "
                            "tokens per minute are left for this (ip, context)")
+        if limits.budget_daily_micros is None and limits.budget_monthly_micros is None:
+            return None
         return self._check_budgets(b, limits, now_us, micros)
 
     def _check_budgets(self, b: Bucket, limits: Limits, now_us: int, micros: int) -> Refusal | None:
@@ -312,13 +318,13 @@ class UsageProjection:
         return None
 
     def headroom(self, key: BucketKey, limits: Limits, now_us: int) -> Headroom:
-        b = self.bucket(key)
-        b.evict(now_us)
-        oldest = b.window.oldest_ts()
+        window = (self.buckets.get(key) or self.bucket(key)).window
+        window.evict(now_us - WINDOW_US)
+        oldest = window.oldest_ts()
         reset = (oldest + WINDOW_US - now_us) if oldest is not None else 0
         rpm, tpm = limits.requests_per_min, limits.tokens_per_min
-        return Headroom(rpm, None if rpm is None else max(rpm - len(b.window), 0), reset,
-                        tpm, None if tpm is None else max(tpm - b.window_tokens, 0), reset)
+        return Headroom(rpm, None if rpm is None else max(rpm - window.live, 0), reset,
+                        tpm, None if tpm is None else max(tpm - window.total, 0), reset)
 
     def budget_left(self, key: BucketKey, limits: Limits, now_us: int) -> tuple[int, str] | None:
         """(micro-USD this bucket may still spend now, the binding budget's code); None: no budget."""

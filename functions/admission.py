@@ -58,12 +58,12 @@ class Admission:
         refusal = self.usage.check(key, self.limits(key), admitted.ts_us, admitted.reserved_tokens,
                                    admitted.reserved_micros)
         if refusal is None:
-            self.usage.apply_new(admitted)
+            self.usage.reserve(admitted)
         return refusal
 
     def settle(self, usage: UsageRecorded) -> None:
         """Settle a request this process admitted (its usage event is new: no de-dup)."""
-        self.usage.apply_new(usage)
+        self.usage.settle(usage)
 
     def replace_book(self, book: PolicyBook) -> None:
         """A reloaded policy (SIGHUP); caches drop because the version moves on."""
