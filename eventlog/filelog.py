@@ -132,13 +132,17 @@ class FileEventLog:
 
         No back-pressure wait: for events that ride along a request already admitted.
         """
-        self._check_open()
-        first = self._stamper.next_seq
-        out, lines = self._stamper.prepare(events)  # validates first: a bad event writes nothing
-        count = self._stamper.next_seq - first
+        if self._failure is not None or self._closing:
+            self._check_open()
+        stamper = self._stamper
+        first = stamper.next_seq
+        out, lines = stamper.prepare(events)  # validates first: a bad event writes nothing
+        count = stamper.next_seq - first
         # the loop the log was opened on (`get_running_loop()` makes a getpid syscall per call)
         fut: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._enqueue((lines, count, fut, False))
+        self._queue.append((lines, count, fut, False))
+        if self._idle:  # set before the writer's last look at the queue: one of us sees the other
+            self._wake_writer()
         self._pending_events += count
         return out, fut
 

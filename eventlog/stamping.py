@@ -42,7 +42,10 @@ class Stamper:
                 data = encode_lines(out)
                 validate_lines(out, data)  # constraints; raises msgspec.ValidationError naming the path
             self.next_seq = end
-            self._remember(dict(zip(ids, range(first, end))))
+            young = self._young
+            young.update(zip(ids, range(first, end)))
+            if len(young) >= self._generation:
+                self._old, self._young = young, {}
             return out, data  # type: ignore[return-value]
         return self._prepare_each(events)
 
