@@ -79,17 +79,18 @@ class BrokerState:
         self._down: frozenset[str] = frozenset()
         self._down_at = -1.0
         self.ttft_us: dict[tuple[str, str], int] = {}  # moving average per (provider, model)
-        self._route_headers: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
+        self._route_headers: dict[tuple[str, str], tuple[tuple[bytes, bytes], ...]] = {}
         self._tables: dict[tuple[object, ...], AutoTable] = {}  # auto routing, per catalog version
         self._tables_of: object = None  # the catalog `_tables` were built from
 
     def route_headers(self, offer: Offer) -> tuple[tuple[bytes, bytes], ...]:
         """`x-aibroker-provider` and `-model` of an offer as ASGI pairs, made once per offer."""
-        pairs = self._route_headers.get(offer.key)
+        named = (offer.provider, offer.model)  # (not `offer.key`: "a/b" + "c" and "a" + "b/c" share one)
+        pairs = self._route_headers.get(named)
         if pairs is None:
             if len(self._route_headers) >= ROUTE_HEADERS_REMEMBERED:
                 self._route_headers.clear()
-            pairs = self._route_headers[offer.key] = (
+            pairs = self._route_headers[named] = (
                 (b"x-aibroker-provider", offer.provider.encode("latin-1", "replace")),
                 (b"x-aibroker-model", offer.model.encode("latin-1", "replace")))
         return pairs
