@@ -69,10 +69,10 @@ def text_chars(data: bytes) -> int:
     return sum(map(len, _TEXT.findall(data)))
 
 
-def _has_done_line(events: bytes) -> bool:
+def _has_done_line(events: bytes, at: int | None = None) -> bool:
     """A `data: [DONE]` line (found by its marker, from the end, where it stands; a regex over every
-    line start costs ~10× more)."""
-    at = events.rfind(b"[DONE]")
+    line start costs ~10× more). `at`: where the last marker is, when the caller already looked."""
+    at = events.rfind(b"[DONE]") if at is None else at
     while at >= 0:
         start = events.rfind(b"\n", 0, at) + 1
         end = events.find(b"\n", at)
@@ -84,7 +84,7 @@ def _has_done_line(events: bytes) -> bool:
 
 def _usage_at(data: bytes, start: int = 0) -> int:
     """Where the next `"usage": {` starts, or -1. The key is found with `bytes.find` and only its
-    hits are matched: a regex search stops at every `"` of the JSON (~8 instructions a byte)."""
+    hits are matched: a regex search stops at every `"` of the JSON."""
     at = data.find(_USAGE_KEY, start)
     while at >= 0 and _USAGE_OBJECT.match(data, at + 7) is None:
         at = data.find(_USAGE_KEY, at + 7)
@@ -157,15 +157,19 @@ class SseScanner:
         else:
             complete, self._buf = data[:end], data[end:]
         self._count_text(complete)
-        if not self.done and b"[DONE]" in complete:
-            self.done = _has_done_line(complete)
-        if _USAGE_KEY not in complete:
+        if not self.done:
+            at = complete.rfind(b"[DONE]")  # from the end, where it stands: one short scan
+            if at >= 0:
+                self.done = _has_done_line(complete, at)
+        found = complete.find(_USAGE_KEY)  # each scan of a chunk counts: a stream can be kilobytes
+        if found < 0:
             return complete
-        return self._with_usage(complete, crlf)
+        return self._with_usage(complete, crlf, found)
 
-    def _with_usage(self, complete: bytes, crlf: bool) -> bytes:
-        """`complete` with each event that carries usage noted, and the usage-only one dropped."""
-        found = _usage_at(complete)
+    def _with_usage(self, complete: bytes, crlf: bool, key_at: int) -> bytes:
+        """`complete` with each event that carries usage noted, and the usage-only one dropped
+        (`key_at`: where the first `"usage"` key is)."""
+        found = _usage_at(complete, key_at)
         if found < 0:
             return complete
         if crlf:
