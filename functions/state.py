@@ -30,7 +30,7 @@ from functions.upstream import Timeouts, UpstreamClient, make_client
 log = logging.getLogger("aibroker")
 CLIENT_IPS_REMEMBERED = 16_384
 ROUTE_HEADERS_REMEMBERED = 4096  # offers (a catalog holds a few hundred)
-AUTO_TABLES_KEPT = 1024  # (kind, needs, policy, health) combinations per catalog version
+AUTO_TABLES_KEPT = 256  # (kind, needs, policy, health) combinations per catalog version (a 300-offer table: tens of kB)
 RECORDED_CANDIDATES = 32  # a 300-model catalog must not put 300 candidates in every request's event
 
 
