@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9400)
     ap.add_argument("--upstream", required=True)
     args = ap.parse_args()
-    # proxy_headers off, as the broker runs uvicorn: its middleware rewrites the client address per
-    # request (~100 Python steps), work a thinnest forwarder does not do
+    # proxy_headers off, as the broker runs uvicorn: its middleware reads every request's headers for
+    # the client address, work a thinnest forwarder does not do
     uvicorn.run(make_app(args.upstream.rstrip("/")), host="127.0.0.1", port=args.port, loop="uvloop",
                 http="httptools", log_level="warning", access_log=False, lifespan="on", proxy_headers=False)
 
