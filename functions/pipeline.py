@@ -192,6 +192,12 @@ async def attempt_all(call: Call, decision: RouteDecision, price_version: str,
     raise BrokerError(code, f"every upstream attempt failed ({tried})")
 
 
+def _back_in_service(state: BrokerState, offer: Offer) -> None:
+    """An answer from `offer` clears its back-off (its key is only made when some offer has failed)."""
+    if state.backoff.failures:
+        state.backoff.succeeded(offer.key)
+
+
 async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: str, key_id: str,
                price_version: str, settle: Callable[[UsageRecorded], None]) -> Answer | None:
     started = time.monotonic()
@@ -234,8 +240,7 @@ async def _try(call: Call, provider: Provider, offer: Offer, index: int, key: st
         failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
         return None
     provider.keys.release(index)
-    if call.state.backoff.failures:  # (an offer's key is only made when some offer failed)
-        call.state.backoff.succeeded(offer.key)
+    _back_in_service(call.state, offer)
     ok = resp.status < 400
     usage = usage_of_body(data) if ok else None
     chars = text_chars(data) if ok and usage is None else 0
@@ -257,8 +262,7 @@ async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int
         resp.close()
         failed(None, "timeout" if isinstance(exc, UpstreamTimeout) else f"connect_error {exc}")
         return None
-    if call.state.backoff.failures:  # (an offer's key is only made when some offer failed)
-        call.state.backoff.succeeded(offer.key)
+    _back_in_service(call.state, offer)
     headers.append((b"cache-control", b"no-cache"))
     relay = Relay(call, provider, offer, index, resp, first, chunks, call.elapsed_us(), price_version, settle)
     return Answer(200, headers, stream=relay)
