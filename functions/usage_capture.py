@@ -49,7 +49,12 @@ class _WithUsage(msgspec.Struct):
     choices: list[msgspec.Raw] | None = None
 
 
+class _BodyUsage(msgspec.Struct):
+    usage: Usage | None = None  # (a whole body: its choices are skipped, not collected)
+
+
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
+_body_usage_decoder = msgspec.json.Decoder(_BodyUsage)
 _USAGE_KEY = b'"usage"'
 _USAGE_OBJECT = re.compile(rb"\s*:\s*\{")  # after the key: `"usage":null` on every chunk is not usage
 _TEXT = re.compile(rb'"(?:content|text)"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')  # unrolled: no per-char alternation
@@ -59,7 +64,7 @@ _DONE_LINE = re.compile(rb"data: ?\[DONE\][ \t]*\r?")  # a whole line: text insi
 
 def usage_of_body(body: bytes) -> Usage | None:
     try:
-        return _usage_decoder.decode(body).usage
+        return _body_usage_decoder.decode(body).usage
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
