@@ -197,11 +197,10 @@ class AutoTable:
     `route_auto` then finishes each request in C-level passes over these tuples, where `route` runs
     a Python check per offer (`bench/routing.py` prints both as the catalog grows)."""
 
-    __slots__ = ("kind", "offers", "ins", "outs", "windows", "min_window", "refused", "total", "exact")
+    __slots__ = ("offers", "ins", "outs", "windows", "min_window", "refused", "total", "exact")
 
-    def __init__(self, kind: str, offers: Sequence[Offer], refused: Sequence[tuple[str, str, int, Offer, str]],
+    def __init__(self, offers: Sequence[Offer], refused: Sequence[tuple[str, str, int, Offer, str]],
                  total: int) -> None:
-        self.kind = kind
         self.offers = tuple(offers)
         self.ins = tuple(o.prices.input or 0 for o in offers)  # (auto: every price here is known)
         self.outs = tuple(o.prices.output or 0 for o in offers)
@@ -227,7 +226,7 @@ def auto_table(catalog: Catalog, kind: Kind, policy: Policy, unhealthy: frozense
             refused.append((offer.provider, offer.model, stage, offer, reason))
     passing.sort(key=lambda o: (o.provider, o.model))
     refused.sort(key=lambda row: row[:2])  # (provider, model) is unique
-    return AutoTable(kind, passing, refused, len(offers))
+    return AutoTable(passing, refused, len(offers))
 
 
 def route_auto(table: AutoTable, request: RouteRequest, *, keep: int,

@@ -140,9 +140,7 @@ class FileEventLog:
         count = stamper.next_seq - first
         # the loop the log was opened on (`get_running_loop()` makes a getpid syscall per call)
         fut: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append((lines, count, fut, False))
-        if self._idle:  # set before the writer's last look at the queue: one of us sees the other
-            self._wake_writer()
+        self._enqueue((lines, count, fut, False))
         self._pending_events += count
         return out, fut
 

@@ -13,6 +13,16 @@ _KNOWN_TYPES = frozenset(EVENT_TYPES)
 _EVENT_ID = attrgetter("event_id")  # (with `map`, the ids are read in C)
 
 
+def _checked_lines(events: list[Event]) -> bytes:
+    """WAL lines for `events`, checked against their types' constraints first (raises
+    msgspec.ValidationError naming the path)."""
+    if not events:
+        return b""
+    data = encode_lines(events)
+    validate_lines(events, data)
+    return data
+
+
 class Stamper:
     """Hands out gapless `seq` numbers and remembers recent `event_id`s (bounded window).
 
@@ -37,10 +47,7 @@ class Stamper:
             first = self.next_seq
             end = first + len(ids)
             out = [replace(event, seq=seq) for event, seq in zip(events, range(first, end))]
-            data = b""
-            if out:
-                data = encode_lines(out)
-                validate_lines(out, data)  # constraints; raises msgspec.ValidationError naming the path
+            data = _checked_lines(out)
             self.next_seq = end
             young = self._young
             young.update(zip(ids, range(first, end)))
@@ -73,10 +80,7 @@ class Stamper:
             out.append(stamped)
             fresh.append(stamped)
             seq += 1
-        data = b""
-        if fresh:
-            data = encode_lines(fresh)
-            validate_lines(fresh, data)  # constraints; raises msgspec.ValidationError naming the path
+        data = _checked_lines(fresh)
         # nothing above changed state: a bad event anywhere in the batch writes nothing
         self.next_seq = seq
         self._remember(batch_ids)
