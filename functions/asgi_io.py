@@ -89,16 +89,19 @@ async def _until_disconnect(receive: Receive) -> None:
 async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: AsyncIterable[bytes]) -> bool:
     """Stream `body` as SSE; returns False if the client went away first.
 
-    The stream is pumped in the caller's task; one watcher task waits for the client's disconnect
-    and cancels the pump when it comes (no per-stream pump task, no `asyncio.wait`). The headers go
-    out when the first chunk is ready, so the two writes leave back to back (the client can read both
-    at once, and a body that fails before its first chunk can still be answered with an error); the
-    caller has already waited for the upstream's first bytes. A body whose `ended` is true after a
-    chunk has ended with that chunk: it goes out as the response's last.
+    The stream is pumped in the caller's task. While the pump would wait on the body, one watcher
+    task waits for the client's disconnect and cancels the pump when it comes (no per-stream pump
+    task, no `asyncio.wait`). A body with `ready()` (the next chunk is here: pulling it will not wait)
+    is watched only from its first wait on: a stream that arrives whole is relayed without a task, and
+    a client that leaves meanwhile is noticed at the first wait, as before. The headers go out when
+    the first chunk is ready, so the two writes leave back to back (the client can read both at once,
+    and a body that fails before its first chunk can still be answered with an error); the caller has
+    already waited for the upstream's first bytes. A body whose `ended` is true after a chunk has
+    ended with that chunk: it goes out as the response's last.
     """
-    pumping = asyncio.current_task()
-    assert pumping is not None
     gone = False
+    watching: asyncio.Task[None] | None = None
+    ready = getattr(body, "ready", None)
 
     def client_gone(task: asyncio.Future[None]) -> None:
         nonlocal gone
@@ -107,10 +110,18 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
             task.exception()  # retrieved: a failing receive also ends the stream
         pumping.cancel()
 
-    watching = asyncio.get_running_loop().create_task(_until_disconnect(receive))
-    watching.add_done_callback(client_gone)
+    def watch() -> asyncio.Task[None]:
+        nonlocal pumping
+        pumping = asyncio.current_task()  # type: ignore[assignment]
+        task = asyncio.get_running_loop().create_task(_until_disconnect(receive))
+        task.add_done_callback(client_gone)
+        return task
+
+    pumping: asyncio.Task[None] = None  # type: ignore[assignment]  # set with the watcher
     start: dict[str, Any] | None = {"type": "http.response.start", "status": 200, "headers": headers}
     try:
+        if ready is None or not ready():
+            watching = watch()
         last = False
         async for chunk in body:  # (not `break` at the last: a body that is a generator ends on its own)
             if last:
@@ -120,6 +131,8 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
                 await send(start)
                 start = None
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if watching is None and ready is not None and not ready():
+                watching = watch()
         if start is not None:
             await send(start)
         if not last:
@@ -129,6 +142,7 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
             raise
         return False
     finally:
-        watching.remove_done_callback(client_gone)
-        watching.cancel()
+        if watching is not None:
+            watching.remove_done_callback(client_gone)
+            watching.cancel()
     return True

@@ -276,6 +276,7 @@ class Relay:
                  settle: Callable[[UsageRecorded], None]) -> None:
         self.call, self.provider, self.offer, self.index = call, provider, offer, index
         self.resp, self.chunks = resp, chunks
+        self._chunks_ready: Callable[[], bool] | None = getattr(chunks, "ready", None)
         self.first: bytes | None = first  # read before answering (fallback was still possible)
         self.ttft_us, self.price_version, self.settle = ttft_us, price_version, settle
         self.cap = call.cost_cap_micros  # None: no budget cap on this stream
@@ -284,6 +285,14 @@ class Relay:
         self.outcome = "client_disconnect"
         self.closed = self.settled = self.finished = False
         self.ended = False  # the chunk just yielded is the stream's last: the server may end the response with it
+
+    def ready(self) -> bool:
+        """Whether the next chunk is had without waiting on the upstream (`send_stream` watches for
+        the client's disconnect only while the relay waits)."""
+        if self.first is not None or self.ended or self.finished:
+            return True
+        ready = self._chunks_ready
+        return ready is not None and ready()
 
     def _over_budget(self) -> bool:
         est = self.call.parsed.route.prompt_tokens_est

@@ -81,15 +81,31 @@ class _Chunks:
     """The body as it arrives, aiohttp's errors turned into the seam's. A class, not an async
     generator: each generator registers with the loop's async-generator hooks, once per stream."""
 
-    __slots__ = ("_content",)
+    __slots__ = ("_content", "_held")
 
     def __init__(self, content: aiohttp.StreamReader) -> None:
         self._content = content
+        self._held = b""  # bytes `ready` took from the buffer, handed out next
 
     def __aiter__(self) -> _Chunks:
         return self
 
+    def ready(self) -> bool:
+        """Whether `__anext__` will return without waiting: bytes have arrived, or the body has
+        ended or failed."""
+        if self._held:
+            return True
+        content = self._content
+        if content.is_eof() or content.exception() is not None:
+            return True
+        self._held = content.read_nowait()  # what has arrived (never waits)
+        return bool(self._held)
+
     async def __anext__(self) -> bytes:
+        held = self._held
+        if held:
+            self._held = b""
+            return held
         try:
             chunk = await self._content.readany()
         except EofStream:  # (as aiohttp's own `iter_any` treats it)

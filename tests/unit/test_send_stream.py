@@ -115,3 +115,79 @@ def test_a_body_that_fails_before_its_first_chunk_sends_nothing() -> None:
 
     asyncio.run(run())
     assert sent == []  # the caller can still answer with an error status
+
+
+class Ready:
+    """A body that can say whether its next chunk is here: `waits_from` chunks on, it waits forever."""
+
+    ended = False
+
+    def __init__(self, chunks: list[bytes], waits_from: int | None) -> None:
+        self.chunks, self.waits_from, self.at = chunks, waits_from, 0
+        self.cancelled = False
+
+    def ready(self) -> bool:
+        return self.waits_from is None or self.at < self.waits_from
+
+    def __aiter__(self) -> Ready:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.ready():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        if self.at == len(self.chunks):
+            raise StopAsyncIteration
+        self.at += 1
+        return self.chunks[self.at - 1]
+
+
+def _run_with(body: Any, client_leaves: bool) -> tuple[bool, list[dict[str, Any]], int]:
+    """(send_stream's answer, the messages sent, how often `receive` was called)."""
+    sent: list[dict[str, Any]] = []
+    receives = 0
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        nonlocal receives
+        receives += 1
+        if not client_leaves:
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def run() -> bool:
+        return await asyncio.wait_for(send_stream(send, receive, [], body), 5)
+
+    return asyncio.run(run()), sent, receives
+
+
+def test_a_body_that_never_waits_is_relayed_without_watching_the_client() -> None:
+    ok, sent, receives = _run_with(Ready([b"a", b"b"], waits_from=None), client_leaves=True)
+    assert ok and _bodies(sent) == [(b"a", True), (b"b", True), (b"", False)]
+    assert receives == 0  # no watcher task was started
+
+
+def test_a_body_that_must_wait_is_watched_from_its_first_wait() -> None:
+    body = Ready([b"a", b"b", b"c"], waits_from=1)
+    ok, sent, receives = _run_with(body, client_leaves=True)
+    assert not ok  # the client left while the body waited: the pump was cancelled
+    assert body.cancelled and receives == 1
+    assert _bodies(sent) == [(b"a", True)]
+
+
+def test_a_waiting_body_whose_client_stays_streams_to_its_end() -> None:
+    class Slow(Ready):
+        async def __anext__(self) -> bytes:
+            if not self.ready():
+                await asyncio.sleep(0.01)
+                self.waits_from = None
+            return await super().__anext__()
+
+    ok, sent, receives = _run_with(Slow([b"a", b"b"], waits_from=1), client_leaves=False)
+    assert ok and receives == 1
+    assert _bodies(sent) == [(b"a", True), (b"b", True), (b"", False)]
