@@ -114,26 +114,29 @@ async def reject(call: Call, error: BrokerError, first: list[Event]) -> None:
 def usage_event(call: Call, offer: Offer | None, usage: Usage | None, chars: int, outcome: str,
                 status: int, ttft_us: int | None, price_version: str) -> UsageRecorded:
     """The settlement. Without provider usage the tokens are estimated (prompt estimate, text/4)."""
+    c, ts = call.caller, now_us()
+    if offer is None:  # no offer answered: nothing was served, nothing is owed
+        return UsageRecorded(
+            event_id=uuid7(ts), ts_us=ts, source=call.state.config.source, request_id=c.request_id, ip=c.ip,
+            context=c.context, user=c.user, usage_source="missing", price_version=price_version, cost_micros=0,
+            latency_us=call.elapsed_us(), ttft_us=ttft_us, outcome=outcome, status=status, attempts=call.attempts,
+            endpoint=call.endpoint)
     if usage is not None:
         source, prompt, completion = "provider", usage.prompt_tokens or 0, usage.completion_tokens or 0
         cached, reasoning = usage.cached, usage.reasoning
-    elif offer is not None and (chars or outcome in ("ok", "upstream_cut", "client_disconnect", "budget_cut")):
+    elif chars or outcome in ("ok", "upstream_cut", "client_disconnect", "budget_cut"):
         source, prompt, completion = "estimated", call.parsed.route.prompt_tokens_est, estimate_completion_tokens(chars)
         cached = reasoning = 0
     else:
         source, prompt, completion, cached, reasoning = "missing", 0, 0, 0, 0
-    prices = offer.prices if offer is not None else None
-    cost = 0 if source == "missing" else (cost_micros(prompt, completion, cached, prices) if prices else None)
-    c, ts = call.caller, now_us()
+    prices = offer.prices
+    cost = 0 if source == "missing" else cost_micros(prompt, completion, cached, prices)
     return UsageRecorded(
         event_id=uuid7(ts), ts_us=ts, source=call.state.config.source, request_id=c.request_id, ip=c.ip,
-        context=c.context, user=c.user,
-        provider=offer.provider if offer else "", model=offer.model if offer else "",
+        context=c.context, user=c.user, provider=offer.provider, model=offer.model,
         prompt_tokens=prompt, completion_tokens=completion, cached_tokens=min(cached, prompt),
-        reasoning_tokens=reasoning, usage_source=source,
-        input_micros_per_mtok=prices.input if prices else None,
-        output_micros_per_mtok=prices.output if prices else None,
-        cached_micros_per_mtok=prices.cached if prices else None,
+        reasoning_tokens=reasoning, usage_source=source, input_micros_per_mtok=prices.input,
+        output_micros_per_mtok=prices.output, cached_micros_per_mtok=prices.cached,
         price_version=price_version, cost_micros=cost, latency_us=call.elapsed_us(), ttft_us=ttft_us,
         outcome=outcome, status=status, attempts=call.attempts, endpoint=call.endpoint,
     )
@@ -270,6 +273,9 @@ async def _start_stream(call: Call, provider: Provider, offer: Offer, index: int
 
 class Relay:
     """Forwards an upstream SSE stream; `close()` settles usage exactly once, however it ends."""
+
+    __slots__ = ("call", "provider", "offer", "index", "resp", "chunks", "_chunks_ready", "first", "ttft_us",
+                 "price_version", "settle", "cap", "scanner", "outcome", "closed", "settled", "finished", "ended")
 
     def __init__(self, call: Call, provider: Provider, offer: Offer, index: int, resp: UpstreamResponse,
                  first: bytes, chunks: AsyncIterator[bytes], ttft_us: int, price_version: str,

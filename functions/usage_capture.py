@@ -111,6 +111,8 @@ class SseScanner:
     counted only if `chars` is read before usage arrives; once usage is seen they are never counted.
     """
 
+    __slots__ = ("_strip", "_eager", "_buf", "usage", "done", "_chars", "_uncounted", "_uncounted_bytes")
+
     def __init__(self, strip_usage_chunk: bool, eager_chars: bool = True) -> None:
         self._strip = strip_usage_chunk
         self._eager = eager_chars
@@ -138,10 +140,13 @@ class SseScanner:
         if self._eager:
             self._chars += text_chars(events)
         elif self.usage is None:
-            self._uncounted.append(events)
-            self._uncounted_bytes += len(events)
-            if self._uncounted_bytes > LAZY_TEXT_BYTES:
-                _ = self.chars  # count and let go: a long stream must not pin its text
+            self._hold_uncounted(events)
+
+    def _hold_uncounted(self, events: bytes) -> None:
+        self._uncounted.append(events)
+        self._uncounted_bytes += len(events)
+        if self._uncounted_bytes > LAZY_TEXT_BYTES:
+            _ = self.chars  # count and let go: a long stream must not pin its text
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the stream so far.
@@ -161,15 +166,18 @@ class SseScanner:
             complete, self._buf = data, b""
         else:
             complete, self._buf = data[:end], data[end:]
-        self._count_text(complete)
+        if self._eager:
+            self._chars += text_chars(complete)
         if not self.done:
             at = complete.rfind(b"[DONE]")  # from the end, where it stands: one short scan
             if at >= 0:
                 self.done = _has_done_line(complete, at)
         found = complete.find(_USAGE_KEY)  # each scan of a chunk counts: a stream can be kilobytes
-        if found < 0:
-            return complete
-        return self._with_usage(complete, crlf, found)
+        if found >= 0:
+            complete = self._with_usage(complete, crlf, found)
+        if not self._eager and self.usage is None:  # (text after usage is never counted)
+            self._hold_uncounted(complete)
+        return complete
 
     def _with_usage(self, complete: bytes, crlf: bool, key_at: int) -> bytes:
         """`complete` with each event that carries usage noted, and the usage-only one dropped
@@ -185,7 +193,7 @@ class SseScanner:
             start = complete.rfind(b"\n\n", 0, found) + 2
             start = start if start >= 2 else 0
             stop = complete.find(b"\n\n", found) + 2
-            if not self._usage_event(complete[start:stop]):
+            if not self._usage_event(complete[start:stop], checked=True):
                 parts.append(complete[taken:start])
                 taken = stop
             found = _usage_at(complete, stop)
@@ -194,9 +202,10 @@ class SseScanner:
         parts.append(complete[taken:])
         return b"".join(parts)
 
-    def _usage_event(self, framed: bytes) -> bytes:
-        """One framed event that mentions usage: note it; b"" when it is the usage-only chunk to drop."""
-        if framed.startswith(b"data: {") and _usage_at(framed) >= 0:
+    def _usage_event(self, framed: bytes, checked: bool = False) -> bytes:
+        """One framed event that mentions usage: note it; b"" when it is the usage-only chunk to drop.
+        `checked`: the event is known to hold a `"usage": {` (framed around one)."""
+        if framed.startswith(b"data: {") and (checked or _usage_at(framed) >= 0):
             try:
                 parsed = _usage_decoder.decode(framed[6:])
             except (msgspec.DecodeError, msgspec.ValidationError):
