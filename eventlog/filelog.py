@@ -25,6 +25,7 @@ import pyarrow as pa
 from domain.events import Event
 from eventlog import compaction
 from eventlog.base import EventLogClosed, EventLogFailed
+from eventlog.fsutil import fsync_dir
 from eventlog.recovery import lock_writer, recover, unlock_writer
 from eventlog.segments import Sealer
 from eventlog.stamping import Stamper
@@ -237,8 +238,11 @@ class FileEventLog:
     # ---- rotation, sealing, compaction ----------------------------------------------------------
 
     def _open_file(self) -> None:
+        """A new WAL file, its directory entry made durable before any event in it is acknowledged
+        (the file's own `fdatasync` does not promise its name survives a power cut)."""
         path = self.data_dir / WAL_DIR / wal_name(self._next_wal_seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fsync_dir(path.parent)
         self._file_events = 0
         self._file_opened = time.monotonic()
 

@@ -254,3 +254,53 @@ def test_a_failed_rotation_still_closes_cleanly_and_releases_the_lock(
             await again.close()
 
     run(scenario())
+
+
+def test_a_new_wal_files_name_is_durable_before_anything_is_written_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A power cut may keep a file's data but lose its directory entry unless the directory is
+    fsynced: each WAL file's directory is, between its creation and its first write."""
+    import eventlog.filelog as filelog
+
+    steps: list[tuple[str, object]] = []
+    real_open, real_write, real_fsync_dir = os.open, os.write, filelog.fsync_dir
+
+    def opening(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        if f"/{WAL_DIR}/wal-" in str(path) and flags & os.O_CREAT:
+            steps.append(("created", os.path.basename(path)))
+        return fd
+
+    def writing(fd: int, data: Any) -> int:
+        if is_wal_fd(fd):
+            steps.append(("written", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_write(fd, data)
+
+    def syncing_dir(path: Path) -> None:
+        if path.name == WAL_DIR:
+            steps.append(("dir synced", frozenset(os.listdir(path))))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr("eventlog.filelog.os.open", opening)
+    monkeypatch.setattr("eventlog.filelog.os.write", writing)
+    monkeypatch.setattr("eventlog.filelog.fsync_dir", syncing_dir)
+
+    async def scenario() -> None:
+        log = await FileEventLog.open(tmp_path, rotate_events=8)
+        try:
+            for start in range(0, 40, 4):
+                await log.append(events(start, start + 4))
+        finally:
+            await log.close()
+
+    run(scenario())
+    created = [name for kind, name in steps if kind == "created"]
+    assert len(created) >= 3  # the first file and rotations
+    for name in created:
+        made = steps.index(("created", name))
+        written = [i for i, step in enumerate(steps) if step == ("written", name)]
+        synced = [i for i, (kind, seen) in enumerate(steps)
+                  if kind == "dir synced" and i > made and name in seen]  # type: ignore[operator]
+        assert synced, f"{name}: its directory was never fsynced after it was made"
+        assert not written or synced[0] < written[0], f"{name}: written before its name was durable"
