@@ -101,6 +101,7 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
     """
     gone = False
     watching: asyncio.Task[None] | None = None
+    pumping: asyncio.Task[Any] | None = None  # this task, once a watcher may cancel it
     ready = getattr(body, "ready", None)
 
     def client_gone(task: asyncio.Future[None]) -> None:
@@ -108,16 +109,16 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
         gone = True
         if not task.cancelled():
             task.exception()  # retrieved: a failing receive also ends the stream
-        pumping.cancel()
+        if pumping is not None:
+            pumping.cancel()
 
     def watch() -> asyncio.Task[None]:
         nonlocal pumping
-        pumping = asyncio.current_task()  # type: ignore[assignment]
+        pumping = asyncio.current_task()
         task = asyncio.get_running_loop().create_task(_until_disconnect(receive))
         task.add_done_callback(client_gone)
         return task
 
-    pumping: asyncio.Task[None] = None  # type: ignore[assignment]  # set with the watcher
     start: dict[str, Any] | None = {"type": "http.response.start", "status": 200, "headers": headers}
     try:
         if ready is None or not ready():
@@ -138,7 +139,7 @@ async def send_stream(send: Send, receive: Receive, headers: RawHeaders, body: A
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
-        if not gone or pumping.uncancel():  # a cancel from elsewhere (shutdown) goes on up
+        if not gone or pumping is None or pumping.uncancel():  # a cancel from elsewhere (shutdown) goes on up
             raise
         return False
     finally:

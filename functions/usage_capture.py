@@ -140,13 +140,10 @@ class SseScanner:
         if self._eager:
             self._chars += text_chars(events)
         elif self.usage is None:
-            self._hold_uncounted(events)
-
-    def _hold_uncounted(self, events: bytes) -> None:
-        self._uncounted.append(events)
-        self._uncounted_bytes += len(events)
-        if self._uncounted_bytes > LAZY_TEXT_BYTES:
-            _ = self.chars  # count and let go: a long stream must not pin its text
+            self._uncounted.append(events)
+            self._uncounted_bytes += len(events)
+            if self._uncounted_bytes > LAZY_TEXT_BYTES:
+                _ = self.chars  # count and let go: a long stream must not pin its text
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the stream so far.
@@ -166,8 +163,6 @@ class SseScanner:
             complete, self._buf = data, b""
         else:
             complete, self._buf = data[:end], data[end:]
-        if self._eager:
-            self._chars += text_chars(complete)
         if not self.done:
             at = complete.rfind(b"[DONE]")  # from the end, where it stands: one short scan
             if at >= 0:
@@ -175,8 +170,7 @@ class SseScanner:
         found = complete.find(_USAGE_KEY)  # each scan of a chunk counts: a stream can be kilobytes
         if found >= 0:
             complete = self._with_usage(complete, crlf, found)
-        if not self._eager and self.usage is None:  # (text after usage is never counted)
-            self._hold_uncounted(complete)
+        self._count_text(complete)  # after usage: text that came with usage is not held for an estimate
         return complete
 
     def _with_usage(self, complete: bytes, crlf: bool, key_at: int) -> bytes:
