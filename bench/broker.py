@@ -1,6 +1,7 @@
 """What the broker costs on top of the provider call, against the thinnest possible forwarder.
 
-Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp] [--pin] [--rounds N]`. Needs `wrk`
+Run: `python bench/broker.py [--seconds 10] [--connections 16,64] [--clients aiohttp] [--pin] [--rounds N]
+[--without PIECES]`. Needs `wrk`
 (Debian package). In one run, on 127.0.0.1, it starts a fast upstream (`bench/fast_upstream.py`),
 the floor (`bench/floor.py`: uvicorn + aiohttp, bytes in, bytes out) and the broker (`aibroker serve`
 with a custom provider on that upstream, every limit lifted), and measures for JSON and SSE at each
@@ -8,6 +9,9 @@ connection count: (a) straight to the upstream, (b) the floor, (c) the broker �
 CPU per request (from /proc) — then the broker/floor ratios and the broker's RSS idle and after.
 With `--rounds N` the floor and the broker take turns N times per row and the median run (by req/s)
 is shown, with the range: on a shared VM one run of each can differ by ±25 % from the next.
+`--without` adds brokers with pieces the design requires switched off (`bench/ablation.py`; `/`
+between brokers, e.g. `log/headers,check`), each taking its turn with the floor: what the ratios would be
+without those pieces.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,12 +148,19 @@ def main() -> int:
     ap.add_argument("--connections", default="16,64")
     ap.add_argument("--clients", default="aiohttp", help="broker upstream clients to run, e.g. aiohttp,httpx")
     ap.add_argument("--rounds", type=int, default=1, help="floor and broker alternate this many runs per row; medians")
+    ap.add_argument("--without", default="",
+                    help="also run brokers with pieces switched off (an ablation: bench/hotpath.py's headers,check,"
+                         "metrics,wait,seal,log; `/` between brokers, e.g. log/seal), in turn with the others")
     ap.add_argument("--pin", action="store_true",
                     help="floor and broker on CPU 0 (one at a time under load), wrk and the upstream on CPU 1")
     args = ap.parse_args()
     global SERVER_CPUS, CLIENT_CPUS
     if args.pin:
         SERVER_CPUS, CLIENT_CPUS = {0}, {1}
+    from ablation import PIECES  # (beside this script)
+    unknown = sorted({p for pieces in args.without.split("/") for p in pieces.split(",") if p} - set(PIECES))
+    if unknown:
+        ap.error(f"unknown pieces {unknown}; choose from {', '.join(PIECES)}")
     if shutil.which("wrk") is None:
         print("bench/broker.py needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -162,37 +173,45 @@ def main() -> int:
              else "upstream, floor, broker and wrk share the machine"))
     rows: list[tuple[str, str, int, dict[str, float]]] = []
     rss: dict[str, tuple[float, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, \
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack, \
             process([sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], env,
                     f"{upstream}/v1/models", CLIENT_CPUS), \
             process([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(floor_port), "--upstream", upstream],
                     env, f"http://127.0.0.1:{floor_port}/v1/models", SERVER_CPUS) as floor:
         Path(tmp, "models.yml").write_text(CONFIG % upstream)
-        for client in args.clients.split(","):
+        variants = [(client, "") for client in args.clients.split(",")]
+        variants += [(variants[0][0], pieces) for pieces in args.without.split("/") if pieces]
+        brokers_up: list[tuple[str, int, subprocess.Popen[bytes]]] = []
+        for n, (client, without) in enumerate(variants):  # all started first: each row takes turns over them
             port = free_port()
-            broker_env = {**env, "AIBROKER_DATA_DIR": f"{tmp}/data-{client}", "UPSTREAM_CLIENT": client,
+            name = client if not without else f"{client}-{n}"  # (the legend names the pieces)
+            broker_env = {**env, "AIBROKER_DATA_DIR": f"{tmp}/data-{n}", "UPSTREAM_CLIENT": client,
                           "MODELS_CONFIG_PATH": f"{tmp}/models.yml"}
-            cmd = [sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--admin", "off", "--no-sockets"]
-            with process(cmd, broker_env, f"http://127.0.0.1:{port}/ready", SERVER_CPUS) as broker:
-                idle = rss_mib(broker.pid)
-                for mode, stream in (("json", ""), ("sse", '"stream":true,')):
-                    for c in conns:
-                        first = client == args.clients.split(",")[0]
-                        if first:
-                            rows.append((mode, "upstream", c, measured(None, f"{upstream}/v1/chat/completions",
-                                                                       BODY % ("bench-model", stream), args.seconds, c)))
-                        floors, brokers = [], []
-                        for _ in range(max(1, args.rounds)):  # taking turns: drift in the VM hits both
-                            if first:
-                                floors.append(measured(floor.pid, f"http://127.0.0.1:{floor_port}/v1/chat/completions",
-                                                       BODY % ("bench-model", stream), args.seconds, c))
-                            brokers.append(measured(broker.pid, f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                    BODY % ("auto", stream), args.seconds, c))
-                        if first:
-                            rows.append((mode, "floor", c, median_run(floors)))
-                        rows.append((mode, f"broker/{client}", c, median_run(brokers)))
-                rss[client] = (idle, rss_mib(broker.pid))
+            serve = ["serve", "--port", str(port), "--admin", "off", "--no-sockets"]
+            cmd = ([sys.executable, "-m", "deploy.cli", *serve] if not without
+                   else [sys.executable, str(ROOT / "bench" / "ablation.py"), without, *serve])
+            proc = stack.enter_context(process(cmd, broker_env, f"http://127.0.0.1:{port}/ready", SERVER_CPUS))
+            brokers_up.append((name, port, proc))
+        idle = {name: rss_mib(proc.pid) for name, _, proc in brokers_up}
+        for mode, stream in (("json", ""), ("sse", '"stream":true,')):
+            for c in conns:
+                rows.append((mode, "upstream", c, measured(None, f"{upstream}/v1/chat/completions",
+                                                           BODY % ("bench-model", stream), args.seconds, c)))
+                floors: list[dict[str, float]] = []
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in brokers_up}
+                for _ in range(max(1, args.rounds)):  # taking turns: drift in the VM hits all of them
+                    floors.append(measured(floor.pid, f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+                                           BODY % ("bench-model", stream), args.seconds, c))
+                    for name, port, proc in brokers_up:
+                        runs[name].append(measured(proc.pid, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                   BODY % ("auto", stream), args.seconds, c))
+                rows.append((mode, "floor", c, median_run(floors)))
+                rows += [(mode, f"broker/{name}", c, median_run(runs[name])) for name in runs]
+        rss = {name: (idle[name], rss_mib(proc.pid)) for name, _, proc in brokers_up}
     report(rows, rss)
+    for n, (client, without) in enumerate(variants):
+        if without:
+            print(f"broker/{client}-{n}: the broker with {without} switched off (an ablation, bench/ablation.py)")
     return 0
 
 

@@ -1,11 +1,13 @@
 """The broker's own work per request, without HTTP: the proxy function called in-process.
 
-Run: `python bench/hotpath.py [--mode json|sse] [--requests 30000] [--rounds 3]`. Builds the broker's
+Run: `python bench/hotpath.py [--mode json|sse] [--requests 30000] [--rounds 3] [--without PIECES]`. Builds the broker's
 state on a temporary data directory (a real `FileEventLog`: WAL, group commit, sealing), swaps the
 upstream client for a stub that answers the fast upstream's fixed completion or stream at once, and
 drives `openai_api.proxy` from 64 concurrent tasks. Prints CPU per request for the event-loop thread
 (routing, admission, events, usage capture, answer) and for the whole process (plus the WAL writer and
-sealing threads). uvicorn and aiohttp are left out on purpose: `bench/broker.py` measures them.
+sealing threads). uvicorn and aiohttp's client are left out on purpose: `bench/broker.py` measures them
+(the stub's body still goes through the broker's aiohttp body iterator). `--without` switches pieces
+the design requires off in this process only, to show what each one costs.
 """
 
 from __future__ import annotations
@@ -20,27 +22,48 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.broker import CONFIG  # noqa: E402  (the same priced model, every limit lifted)
 from bench.fast_upstream import COMPLETION, MODELS, STREAM  # noqa: E402
+from bench.ablation import PIECES, switch_off  # noqa: E402
+from functions.upstream import _Chunks  # noqa: E402
 
 CONCURRENCY = 64
 
 
+class _Protocol:
+    """What aiohttp's `StreamReader` asks of its connection: flow control only."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
 class _Reply:
+    """An upstream answer whose body has arrived whole, read through the broker's own aiohttp body
+    iterator (`upstream._Chunks` over aiohttp's `StreamReader`), as from a fast local upstream."""
+
     def __init__(self, body: bytes, content_type: str) -> None:
-        self.status, self.headers, self._body = 200, {"content-type": content_type}, body
+        self.status, self.headers = 200, {"content-type": content_type}
+        self._content = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        self._content.feed_data(body)
+        self._content.feed_eof()
 
     async def read(self) -> bytes:
-        return self._body
+        return await self._content.read()
 
-    async def chunks(self) -> Any:
-        self._sent = True
-        yield self._body
+    def chunks(self) -> Any:
+        return _Chunks(self._content)
 
     def at_eof(self) -> bool:
-        return getattr(self, "_sent", False)
+        return self._content.at_eof()
 
     def close(self) -> None:
         pass
@@ -122,12 +145,19 @@ def main() -> int:
     ap.add_argument("--mode", choices=("json", "sse"), default="json")
     ap.add_argument("--requests", type=int, default=30_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--without", default="", help=f"comma-separated pieces to switch off (an ablation): {', '.join(PIECES)}")
     args = ap.parse_args()
+    without = [p for p in args.without.split(",") if p]
+    try:
+        switch_off(without)
+    except ValueError as exc:
+        ap.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "models.yml").write_text(CONFIG % "http://127.0.0.1:1")  # never dialled: the stub answers
         os.environ.update(AIBROKER_DATA_DIR=f"{tmp}/data", MODELS_CONFIG_PATH=f"{tmp}/models.yml")
         print(f"# bench/hotpath.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()}  "
-              f"{CONCURRENCY} concurrent callers, stub upstream, real event log")
+              f"{CONCURRENCY} concurrent callers, stub upstream, real event log"
+              + (f"; switched off: {', '.join(without)}" if without else ""))
         try:
             import uvloop
 
