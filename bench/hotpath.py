@@ -26,9 +26,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.ablation import PIECES, switch_off  # noqa: E402
 from bench.broker import CONFIG  # noqa: E402  (the same priced model, every limit lifted)
 from bench.fast_upstream import COMPLETION, MODELS, STREAM  # noqa: E402
-from bench.ablation import PIECES, switch_off  # noqa: E402
 from functions.upstream import _Chunks  # noqa: E402
 
 CONCURRENCY = 64

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _hotpath(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "bench" / "hotpath.py"), "--requests", "128", "--rounds", "1",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("mode", ["json", "sse"])
@@ -38,6 +38,6 @@ def test_hotpath_refuses_an_unknown_piece() -> None:
 
 def test_broker_benchmark_refuses_an_unknown_piece_before_starting_anything() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "broker.py"), "--without", "log/routing"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "unknown pieces ['routing']" in done.stderr
