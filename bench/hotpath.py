@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.base_protocol import BaseProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,25 +35,14 @@ from functions.upstream import _Chunks  # noqa: E402
 CONCURRENCY = 64
 
 
-class _Protocol:
-    """What aiohttp's `StreamReader` asks of its connection: flow control only."""
-
-    _reading_paused = False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        pass
-
-
 class _Reply:
     """An upstream answer whose body has arrived whole, read through the broker's own aiohttp body
     iterator (`upstream._Chunks` over aiohttp's `StreamReader`), as from a fast local upstream."""
 
     def __init__(self, body: bytes, content_type: str) -> None:
         self.status, self.headers = 200, {"content-type": content_type}
-        self._content = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()  # (bodies far below the limit: aiohttp never asks to pause reading)
+        self._content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
         self._content.feed_data(body)
         self._content.feed_eof()
 
