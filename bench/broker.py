@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--clients", default="aiohttp", help="broker upstream clients to run, e.g. aiohttp,httpx")
     ap.add_argument("--rounds", type=int, default=1, help="floor and broker alternate this many runs per row; medians")
     ap.add_argument("--without", default="",
-                    help="also run brokers with pieces switched off (an ablation: bench/hotpath.py's headers,check,"
+                    help="also run brokers with pieces switched off (an ablation: bench/ablation.py's headers,check,"
                          "metrics,wait,seal,log; `/` between brokers, e.g. log/seal), in turn with the others")
     ap.add_argument("--pin", action="store_true",
                     help="floor and broker on CPU 0 (one at a time under load), wrk and the upstream on CPU 1")
@@ -172,7 +172,6 @@ def main() -> int:
           + ("floor/broker pinned to CPU 0, wrk and upstream to CPU 1" if args.pin
              else "upstream, floor, broker and wrk share the machine"))
     rows: list[tuple[str, str, int, dict[str, float]]] = []
-    rss: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack, \
             process([sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(up_port)], env,
                     f"{upstream}/v1/models", CLIENT_CPUS), \
@@ -207,7 +206,7 @@ def main() -> int:
                                                    BODY % ("auto", stream), args.seconds, c))
                 rows.append((mode, "floor", c, median_run(floors)))
                 rows += [(mode, f"broker/{name}", c, median_run(runs[name])) for name in runs]
-        rss = {name: (idle[name], rss_mib(proc.pid)) for name, _, proc in brokers_up}
+        rss: dict[str, tuple[float, float]] = {name: (idle[name], rss_mib(proc.pid)) for name, _, proc in brokers_up}
     report(rows, rss)
     for n, (client, without) in enumerate(variants):
         if without:
